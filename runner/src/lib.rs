@@ -1,0 +1,16 @@
+//! dmcache-vmtest: run dm-cache cases on real kernels in real VMs.
+//!
+//! Data flow: `case` (YAML model) → `kernel` (resolve/fetch/build) → `vm` (one vng
+//! process per boot, guest script from `guest`) → `console` scan → `check`
+//! (assertions, classification, verdict) → `report`.  `run` orchestrates one case.
+
+pub mod cache;
+pub mod case;
+pub mod check;
+pub mod console;
+pub mod guest;
+pub mod kbuild;
+pub mod kernel;
+pub mod report;
+pub mod run;
+pub mod vm;
