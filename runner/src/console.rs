@@ -1,1 +1,110 @@
-//! TODO
+//! Scans of a boot's console log (the kernel's messages): the sysrq reset, panics, oopses,
+//! BUG/WARN splats, KVM errors, and device-mapper lines (blktests-style per-boot dmesg check).
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct ConsoleScan {
+    /// `sysrq: Resetting` was printed.
+    pub sysrq_reset: bool,
+    pub panic: Option<String>,
+    /// Oops/BUG/WARNING/KASAN/lockdep lines (first line of each splat).
+    pub splats: Vec<String>,
+    pub kvm_error: bool,
+    /// `device-mapper:` lines, for the report.
+    pub dm_lines: Vec<String>,
+    /// The kernel started at all (`Linux version` seen).
+    pub kernel_started: bool,
+}
+
+const SPLATS: &[&str] = &[
+    "Oops:",
+    "BUG:",
+    "WARNING: CPU:",
+    "general protection fault",
+    "kernel BUG at",
+    "Call Trace:",
+    "UBSAN:",
+    "KASAN:",
+    "possible circular locking dependency",
+];
+
+/// Strips the `[    1.234567] ` timestamp.
+pub fn strip_ts(line: &str) -> &str {
+    let l = line.trim_start();
+    if l.starts_with('[') {
+        if let Some(i) = l.find("] ") {
+            return &l[i + 2..];
+        }
+    }
+    l
+}
+
+pub fn scan(log: &str) -> ConsoleScan {
+    let mut s = ConsoleScan::default();
+    for raw in log.lines() {
+        let line = strip_ts(raw.trim_end_matches('\r'));
+        if line.contains("sysrq: Resetting") || line.contains("SysRq : Resetting") {
+            s.sysrq_reset = true;
+        }
+        if line.contains("Linux version") {
+            s.kernel_started = true;
+        }
+        if line.contains("KVM internal error") {
+            s.kvm_error = true;
+        }
+        if s.panic.is_none() && line.contains("Kernel panic - not syncing") {
+            s.panic = Some(line.to_string());
+        }
+        // "Call Trace:" alone follows the headline we already keep.
+        if SPLATS.iter().any(|p| line.contains(p)) && !line.contains("Call Trace:") {
+            s.splats.push(line.to_string());
+        }
+        if line.contains("device-mapper:") {
+            s.dm_lines.push(line.to_string());
+        }
+    }
+    s
+}
+
+/// Lines of `log` around the first occurrence of `needle` (for failure evidence).
+pub fn context(log: &str, needle: &str, before: usize, after: usize) -> Vec<String> {
+    let lines: Vec<&str> = log.lines().collect();
+    match lines.iter().position(|l| l.contains(needle)) {
+        Some(i) => lines[i.saturating_sub(before)..(i + after + 1).min(lines.len())]
+            .iter()
+            .map(|l| l.to_string())
+            .collect(),
+        None => vec![],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_reset_and_dm_lines() {
+        let log = "[    0.000000] Linux version 6.12.117\n[   12.1] device-mapper: cache: 252:3: cannot enter passthrough mode unless all blocks are clean\n[   20.5] sysrq: Resetting\n";
+        let s = scan(log);
+        assert!(s.sysrq_reset && s.kernel_started);
+        assert_eq!(s.dm_lines.len(), 1);
+        assert!(s.panic.is_none() && s.splats.is_empty());
+    }
+
+    #[test]
+    fn finds_panic_and_oops() {
+        let log = "[ 1.0] BUG: kernel NULL pointer dereference, address: 0000000000000008\n[ 1.1] Oops: 0000 [#1] PREEMPT SMP NOPTI\n[ 1.2] Call Trace:\n[ 2.0] Kernel panic - not syncing: Fatal exception\n";
+        let s = scan(log);
+        assert_eq!(s.splats.len(), 2);
+        assert_eq!(s.panic.as_deref(), Some("Kernel panic - not syncing: Fatal exception"));
+        assert!(!s.sysrq_reset);
+    }
+
+    #[test]
+    fn context_lines() {
+        let log = "a\nb\nc\nd\n";
+        assert_eq!(context(log, "c", 1, 1), vec!["b", "c", "d"]);
+        assert!(context(log, "z", 1, 1).is_empty());
+    }
+}
