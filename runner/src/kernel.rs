@@ -1,1 +1,441 @@
-//! TODO
+//! Kernel specs and acquisition: a bzImage path, a directory with `boot/vmlinuz-*` and
+//! `lib/modules/*`, `debian:VERSION` fetched without root (`apt-get download` +
+//! `dpkg-deb -x`) into the per-user cache, or `build:SRC[,PATCH…]` (see [`crate::kbuild`]).
+//! Before any boot we check that the kernel has dm-cache.
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Default kernel when no `--kernel` is given: Debian's newest 6.12 image.
+pub const DEFAULT_SPEC: &str = "debian:6.12";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelSpec {
+    /// A kernel image, optionally with the directory holding `lib/modules/RELEASE` (or the
+    /// `RELEASE` modules dir itself).
+    Image { image: PathBuf, modules: Option<PathBuf> },
+    /// A directory with `boot/vmlinuz-*` (and `lib/modules/*`), e.g. an unpacked .deb.
+    Dir(PathBuf),
+    /// `debian:6.12.117+deb12`, `debian:6.1.0-56`, or a series `debian:6.12` (newest).
+    Debian(String),
+    /// `build:debian:6.12,patches/fix.patch` — built from source with `kconfigs/`.
+    Build { src: String, patches: Vec<PathBuf> },
+}
+
+impl KernelSpec {
+    pub fn parse(s: &str) -> Result<KernelSpec> {
+        let s = s.trim();
+        if s.is_empty() {
+            bail!("empty kernel spec");
+        }
+        if let Some(rest) = s.strip_prefix("build:") {
+            let mut parts = rest.split(',');
+            let src = parts.next().unwrap_or("").to_string();
+            if src.is_empty() {
+                bail!("`{s}`: write build:SRC[,PATCH…], e.g. build:debian:6.12,patches/a373b3d5289e-on-linux-6.12.117.patch");
+            }
+            return Ok(KernelSpec::Build {
+                src,
+                patches: parts.filter(|p| !p.is_empty()).map(PathBuf::from).collect(),
+            });
+        }
+        if let Some(v) = s.strip_prefix("debian:") {
+            if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || ".+-~".contains(c)) {
+                bail!("`{s}`: write debian:VERSION, e.g. debian:6.12.117+deb12, debian:6.1.0-56 or debian:6.12");
+            }
+            return Ok(KernelSpec::Debian(v.to_string()));
+        }
+        if let Some((img, m)) = s.split_once(",modules=") {
+            return Ok(KernelSpec::Image {
+                image: img.into(),
+                modules: Some(m.into()),
+            });
+        }
+        let p = PathBuf::from(s);
+        if p.is_dir() {
+            Ok(KernelSpec::Dir(p))
+        } else if p.exists() {
+            Ok(KernelSpec::Image { image: p, modules: None })
+        } else {
+            bail!("kernel `{s}` does not exist (give a bzImage path, a directory with boot/vmlinuz-*, debian:VERSION or build:SRC[,PATCH…])")
+        }
+    }
+}
+
+/// How dm-cache is present in a kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DmCache {
+    BuiltIn,
+    Module,
+    /// No config and no modules to look at: the guest checks `dmsetup targets`.
+    Unknown,
+}
+
+/// A kernel ready to boot.
+#[derive(Debug, Clone, Serialize)]
+pub struct Kernel {
+    /// What the user asked for (for reports).
+    pub spec: String,
+    /// The image `vng -r` boots.  vng finds modules in `<image>/../../lib/modules/<release>`.
+    pub image: PathBuf,
+    pub release: Option<String>,
+    pub config: Option<PathBuf>,
+    pub dm_cache: DmCache,
+}
+
+/// The release string embedded in a bzImage header (`kernel_version` field), which also
+/// proves the file is an x86 Linux kernel image.
+pub fn bzimage_release(data: &[u8]) -> Option<String> {
+    if data.len() < 0x210 || &data[0x202..0x206] != b"HdrS" {
+        return None;
+    }
+    let off = u16::from_le_bytes([data[0x20e], data[0x20f]]) as usize + 0x200;
+    let tail = data.get(off..)?;
+    let end = tail.iter().position(|&b| b == 0 || b == b' ')?;
+    let v = std::str::from_utf8(&tail[..end]).ok()?;
+    (!v.is_empty()).then(|| v.to_string())
+}
+
+/// `CONFIG_DM_CACHE` in a .config text: `y`, `m` or absent.
+pub fn config_dm_cache(config: &str) -> Option<char> {
+    config.lines().find_map(|l| {
+        l.strip_prefix("CONFIG_DM_CACHE=")
+            .and_then(|v| v.chars().next())
+    })
+}
+
+fn read_release(image: &Path) -> Result<String> {
+    let mut head = vec![0u8; 64 * 1024];
+    let n = {
+        use std::io::Read;
+        let mut f = std::fs::File::open(image)
+            .with_context(|| format!("cannot open kernel {}", image.display()))?;
+        f.read(&mut head)?
+    };
+    head.truncate(n);
+    bzimage_release(&head).ok_or_else(|| {
+        anyhow!(
+            "{} is not a Linux kernel image (no bzImage header); give a bzImage, a directory with boot/vmlinuz-*, or debian:VERSION",
+            image.display()
+        )
+    })
+}
+
+fn has_dm_cache_module(moddir: &Path) -> bool {
+    ["ko", "ko.xz", "ko.zst", "ko.gz"].iter().any(|ext| {
+        moddir
+            .join(format!("kernel/drivers/md/dm-cache.{ext}"))
+            .exists()
+    })
+}
+
+/// Checks a kernel's dm-cache support from its config and modules.
+fn dm_cache_support(config: Option<&Path>, moddir: Option<&Path>, image: &Path) -> Result<DmCache> {
+    if let Some(cfg) = config {
+        let text = std::fs::read_to_string(cfg)
+            .with_context(|| format!("cannot read {}", cfg.display()))?;
+        return match config_dm_cache(&text) {
+            Some('y') => Ok(DmCache::BuiltIn),
+            Some('m') if moddir.is_some_and(has_dm_cache_module) => Ok(DmCache::Module),
+            Some('m') => bail!(
+                "{} has dm-cache as a module (CONFIG_DM_CACHE=m) but its modules are not there ({}): give the directory that holds lib/modules",
+                image.display(),
+                moddir.map(|m| m.display().to_string()).unwrap_or_else(|| "no modules dir".into())
+            ),
+            _ => bail!(
+                "{} has no dm-cache (CONFIG_DM_CACHE is not set in {}): build it with kconfigs/dm-cache.config",
+                image.display(),
+                cfg.display()
+            ),
+        };
+    }
+    if moddir.is_some_and(has_dm_cache_module) {
+        return Ok(DmCache::Module);
+    }
+    Ok(DmCache::Unknown)
+}
+
+/// Resolves a spec to a bootable kernel (fetching or building it when needed).
+pub fn resolve(spec: &KernelSpec, label: &str, progress: &mut dyn FnMut(&str)) -> Result<Kernel> {
+    match spec {
+        KernelSpec::Dir(d) => from_dir(d, label),
+        KernelSpec::Debian(v) => {
+            let dir = fetch_debian(v, progress)?;
+            from_dir(&dir, label)
+        }
+        KernelSpec::Image { image, modules } => from_image(image, modules.as_deref(), label),
+        KernelSpec::Build { src, patches } => build_kernel(src, patches, label, progress),
+    }
+}
+
+fn build_kernel(
+    _src: &str,
+    _patches: &[PathBuf],
+    _label: &str,
+    _progress: &mut dyn FnMut(&str),
+) -> Result<Kernel> {
+    bail!("build: kernels are not wired in yet")
+}
+
+fn from_dir(dir: &Path, label: &str) -> Result<Kernel> {
+    let boot = dir.join("boot");
+    let mut images: Vec<PathBuf> = std::fs::read_dir(&boot)
+        .with_context(|| format!("{} has no boot/ directory with a vmlinuz-*", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
+        .collect();
+    images.sort();
+    let image = match images.as_slice() {
+        [one] => one.clone(),
+        [] => bail!("no boot/vmlinuz-* in {}", dir.display()),
+        many => bail!(
+            "{} has several kernels ({}): name one image, e.g. --kernel {}",
+            dir.display(),
+            many.len(),
+            many[0].display()
+        ),
+    };
+    let release = read_release(&image)?;
+    let config = boot.join(format!("config-{release}"));
+    let moddir = dir.join("lib/modules").join(&release);
+    let config = config.exists().then_some(config);
+    let dm_cache = dm_cache_support(config.as_deref(), moddir.exists().then_some(&moddir), &image)?;
+    Ok(Kernel {
+        spec: label.into(),
+        image,
+        release: Some(release),
+        config,
+        dm_cache,
+    })
+}
+
+fn from_image(image: &Path, modules: Option<&Path>, label: &str) -> Result<Kernel> {
+    if !image.is_file() {
+        bail!("kernel {} does not exist", image.display());
+    }
+    let release = read_release(image)?;
+    if let Some(m) = modules {
+        // Lay out DIR/boot/vmlinuz-REL + DIR/lib/modules/REL so vng finds the modules.
+        let moddir = if m.join("lib/modules").join(&release).is_dir() {
+            m.join("lib/modules").join(&release)
+        } else if m.join("modules.dep").exists() || m.join("kernel").is_dir() {
+            m.to_path_buf()
+        } else {
+            bail!(
+                "{} holds no modules for release {release} (expected lib/modules/{release} or a modules dir)",
+                m.display()
+            );
+        };
+        let layout = crate::cache::dir("layouts").join(&release);
+        std::fs::create_dir_all(layout.join("boot"))?;
+        std::fs::create_dir_all(layout.join("lib/modules"))?;
+        let img_link = layout.join("boot").join(format!("vmlinuz-{release}"));
+        let mod_link = layout.join("lib/modules").join(&release);
+        for (link, target) in [(&img_link, image.canonicalize()?), (&mod_link, moddir.canonicalize()?)] {
+            let _ = std::fs::remove_file(link);
+            std::os::unix::fs::symlink(&target, link)
+                .with_context(|| format!("cannot link {}", link.display()))?;
+        }
+        return from_dir(&layout, label);
+    }
+    // A bzImage in a kernel tree: its .config sits at the top of the tree.
+    let tree_config = image
+        .ancestors()
+        .nth(4)
+        .map(|t| t.join(".config"))
+        .filter(|c| c.exists() && image.ends_with("arch/x86/boot/bzImage"));
+    let side_config = image.with_file_name("config").exists().then(|| image.with_file_name("config"));
+    let config = side_config.or(tree_config);
+    let dm_cache = dm_cache_support(config.as_deref(), None, image)?;
+    if config.as_deref().is_some_and(|c| {
+        std::fs::read_to_string(c).is_ok_and(|t| config_dm_cache(&t) == Some('m'))
+    }) {
+        bail!("{} has dm-cache as a module: add `,modules=DIR`", image.display());
+    }
+    Ok(Kernel {
+        spec: label.into(),
+        image: image.to_path_buf(),
+        release: Some(release),
+        config,
+        dm_cache,
+    })
+}
+
+/// Package name of a Debian unsigned kernel image for a version like `6.12.117+deb12` or `6.1.0-56`.
+pub fn debian_package(version: &str) -> String {
+    format!("linux-image-{version}-amd64-unsigned")
+}
+
+/// Picks the newest `linux-image-SERIES.N+debX-amd64-unsigned` (or `SERIES.0-N-amd64-unsigned`)
+/// from package names; returns the version part.
+pub fn newest_in_series(names: &[String], series: &str) -> Option<String> {
+    let mut best: Option<(Vec<u64>, String)> = None;
+    for n in names {
+        let Some(v) = n
+            .strip_prefix("linux-image-")
+            .and_then(|r| r.strip_suffix("-amd64-unsigned"))
+        else {
+            continue;
+        };
+        let Some(rest) = v.strip_prefix(series).and_then(|r| r.strip_prefix('.')) else {
+            continue;
+        };
+        // 6.12.117+deb12 → [117]; 6.1.0-56 → [0, 56]
+        let key: Option<Vec<u64>> = rest
+            .split(['.', '-', '+'])
+            .filter(|p| !p.starts_with("deb"))
+            .map(|p| p.parse().ok())
+            .collect();
+        let Some(key) = key else { continue };
+        if best.as_ref().is_none_or(|(k, _)| key > *k) {
+            best = Some((key, v.to_string()));
+        }
+    }
+    best.map(|(_, v)| v)
+}
+
+/// A series like `6.12` (no patch level) is resolved to the newest package apt knows.
+fn is_series(v: &str) -> bool {
+    v.split('.').count() == 2 && v.chars().all(|c| c.is_ascii_digit() || c == '.')
+}
+
+/// Downloads and unpacks a Debian kernel into the cache (reused next time); returns its dir.
+pub fn fetch_debian(version: &str, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
+    let version = if is_series(version) {
+        let out = Command::new("apt-cache")
+            .args(["pkgnames", &format!("linux-image-{version}.")])
+            .output()
+            .context("cannot run apt-cache (is this Debian/Ubuntu?)")?;
+        let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        newest_in_series(&names, version).ok_or_else(|| {
+            anyhow!("apt knows no linux-image-{version}.*-amd64-unsigned: run `apt-get update` (Debian 12 with bookworm-updates/security lists), or name a version, e.g. debian:6.12.117+deb12")
+        })?
+    } else {
+        version.to_string()
+    };
+    let dir = crate::cache::dir("kernels").join(format!("debian-{version}"));
+    if dir.join(".complete").exists() {
+        return Ok(dir);
+    }
+    let pkg = debian_package(&version);
+    progress(&format!("fetching {pkg}"));
+    let dl = crate::cache::dir("kernels").join("downloads");
+    std::fs::create_dir_all(&dl)?;
+    let out = Command::new("apt-get")
+        .args(["download", "-q", &pkg])
+        .current_dir(&dl)
+        .output()
+        .context("cannot run apt-get")?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        bail!(
+            "apt-get download {pkg} failed: {} (does the version exist? `apt-cache policy {pkg}`; try `apt-get update`)",
+            err.lines().filter(|l| !l.starts_with("W:")).collect::<Vec<_>>().join(" ").trim()
+        );
+    }
+    let deb = std::fs::read_dir(&dl)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{pkg}_")))
+        })
+        .ok_or_else(|| anyhow!("apt-get download {pkg} left no .deb in {}", dl.display()))?;
+    progress(&format!("unpacking {}", deb.display()));
+    let tmp = dir.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    let st = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&tmp)
+        .status()
+        .context("cannot run dpkg-deb")?;
+    if !st.success() {
+        bail!("dpkg-deb -x {} failed", deb.display());
+    }
+    std::fs::write(tmp.join(".complete"), &pkg)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&tmp, &dir)?;
+    let _ = std::fs::remove_file(&deb);
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_specs() {
+        assert_eq!(
+            KernelSpec::parse("debian:6.12.117+deb12").unwrap(),
+            KernelSpec::Debian("6.12.117+deb12".into())
+        );
+        assert_eq!(
+            KernelSpec::parse("build:debian:6.12,a.patch,b.patch").unwrap(),
+            KernelSpec::Build { src: "debian:6.12".into(), patches: vec!["a.patch".into(), "b.patch".into()] }
+        );
+        assert!(KernelSpec::parse("debian:").is_err());
+        assert!(KernelSpec::parse("build:").is_err());
+        let e = KernelSpec::parse("/nonexistent/bzImage").unwrap_err().to_string();
+        assert!(e.contains("does not exist"), "{e}");
+        assert!(matches!(KernelSpec::parse("/tmp").unwrap(), KernelSpec::Dir(_)));
+    }
+
+    #[test]
+    fn newest_picks_highest_patch_level() {
+        let names: Vec<String> = [
+            "linux-image-6.12.107+deb12-amd64-unsigned",
+            "linux-image-6.12.117+deb12-amd64-unsigned",
+            "linux-image-6.12.117+deb12-cloud-amd64-unsigned",
+            "linux-image-6.12.99+deb12-amd64-unsigned",
+            "linux-image-6.1.0-56-amd64-unsigned",
+            "linux-image-6.1.0-9-amd64-unsigned",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(newest_in_series(&names, "6.12").as_deref(), Some("6.12.117+deb12"));
+        assert_eq!(newest_in_series(&names, "6.1").as_deref(), Some("6.1.0-56"));
+        assert_eq!(newest_in_series(&names, "5.10"), None);
+        assert!(is_series("6.12") && !is_series("6.1.0-56"));
+    }
+
+    #[test]
+    fn bzimage_header() {
+        let mut img = vec![0u8; 0x400];
+        img[0x202..0x206].copy_from_slice(b"HdrS");
+        img[0x20e..0x210].copy_from_slice(&0x100u16.to_le_bytes());
+        img[0x300..0x300 + 20].copy_from_slice(b"6.12.117+deb12-amd64");
+        img[0x314] = b' ';
+        assert_eq!(bzimage_release(&img).as_deref(), Some("6.12.117+deb12-amd64"));
+        assert_eq!(bzimage_release(b"not a kernel"), None);
+    }
+
+    #[test]
+    fn text_file_is_not_a_kernel() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), "hello").unwrap();
+        let e = from_image(f.path(), None, "x").unwrap_err().to_string();
+        assert!(e.contains("is not a Linux kernel image"), "{e}");
+    }
+
+    #[test]
+    fn dm_cache_config() {
+        assert_eq!(config_dm_cache("CONFIG_X=y\nCONFIG_DM_CACHE=m\n"), Some('m'));
+        assert_eq!(config_dm_cache("# CONFIG_DM_CACHE is not set\n"), None);
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("config");
+        std::fs::write(&cfg, "# CONFIG_DM_CACHE is not set\n").unwrap();
+        let e = dm_cache_support(Some(&cfg), None, Path::new("k")).unwrap_err().to_string();
+        assert!(e.contains("has no dm-cache"), "{e}");
+    }
+}

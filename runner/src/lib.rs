@@ -8,6 +8,7 @@ pub mod cache;
 pub mod case;
 pub mod check;
 pub mod console;
+pub mod doctor;
 pub mod guest;
 pub mod kbuild;
 pub mod kernel;

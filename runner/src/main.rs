@@ -1,1 +1,141 @@
-fn main(){}
+//! CLI: clap commands only; the work is in the library modules.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use dmcache_vmtest::{case, check, kernel, report, run, vm};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "dmcache-vmtest", version, about = "Prove on real kernels in real VMs whether a dm-cache change keeps data safe")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+    /// More detail: skipped steps, guest tool versions, longer evidence.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+}
+
+#[derive(clap::Args, Clone)]
+struct RunArgs {
+    /// Kernel: a bzImage (`PATH[,modules=DIR]`), a dir with boot/vmlinuz-*, `debian:VERSION`
+    /// (e.g. debian:6.12.117+deb12, debian:6.1.0-56, debian:6.12 = newest), or `build:SRC[,PATCH…]`.
+    #[arg(long, env = "DMCACHE_VMTEST_KERNEL", default_value = kernel::DEFAULT_SPEC)]
+    kernel: String,
+    /// Keep disk images, results and console logs, and print where.
+    #[arg(long)]
+    keep: bool,
+    /// Per-boot timeout in seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+    /// Write the verdict as JSON to FILE.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Guest memory (QEMU syntax), overrides the case.
+    #[arg(long)]
+    memory: Option<String>,
+    /// Guest vCPUs, overrides the case.
+    #[arg(long)]
+    cpus: Option<u32>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run one case (a name in cases/ or a path to a YAML file).
+    Case {
+        name: String,
+        #[command(flatten)]
+        args: RunArgs,
+    },
+    /// List the cases with their one-line summaries.
+    List,
+    /// Kernels: fetch into the cache.
+    Kernel {
+        #[command(subcommand)]
+        cmd: KernelCmd,
+    },
+    /// Check host tools, QEMU, KVM and vng; say how to fix each gap.
+    Doctor {
+        #[arg(long, env = "DMCACHE_VMTEST_KERNEL", default_value = kernel::DEFAULT_SPEC)]
+        kernel: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KernelCmd {
+    /// Download (or build) a kernel into the cache and print its image path.
+    Fetch { spec: String },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    vm::install_interrupt_handler();
+    let code = match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+fn dispatch(cli: Cli) -> Result<i32> {
+    match cli.cmd {
+        Cmd::Case { name, args } => cmd_case(&name, &args, cli.verbose),
+        Cmd::List => {
+            for (name, path) in case::list()? {
+                match case::load(&path) {
+                    Ok(c) => println!("{name:<32} {}", c.summary),
+                    Err(e) => println!("{name:<32} INVALID: {e:#}"),
+                }
+            }
+            Ok(0)
+        }
+        Cmd::Kernel { cmd: KernelCmd::Fetch { spec } } => {
+            let k = resolve_kernel(&spec)?;
+            println!("{}", k.image.display());
+            eprintln!(
+                "release {}  dm-cache {:?}",
+                k.release.as_deref().unwrap_or("?"),
+                k.dm_cache
+            );
+            Ok(0)
+        }
+        Cmd::Doctor { kernel } => Ok(dmcache_vmtest::doctor::run(&kernel)),
+    }
+}
+
+fn resolve_kernel(spec: &str) -> Result<kernel::Kernel> {
+    let parsed = kernel::KernelSpec::parse(spec)?;
+    let p = report::Progress::new("kernel");
+    let k = kernel::resolve(&parsed, spec, &mut |m| p.message(m));
+    p.finish();
+    k
+}
+
+fn cmd_case(name: &str, args: &RunArgs, verbose: bool) -> Result<i32> {
+    let path = case::find(name)?;
+    let case = case::load(&path)?;
+    let k = resolve_kernel(&args.kernel)?;
+    let (accel, notice) = vm::choose_accel(&k.image)?;
+    if let Some(n) = notice {
+        eprintln!("note: {n}");
+    }
+    let mut opts = run::RunOptions::new(accel);
+    opts.timeout = Duration::from_secs(args.timeout);
+    opts.keep = args.keep;
+    opts.memory = args.memory.clone();
+    opts.cpus = args.cpus;
+    let mut progress = report::Progress::new(&case.name);
+    let outcome = run::run_case(&case, &k, &opts, &mut |e| progress.event(e));
+    progress.finish();
+    let outcome = outcome?;
+    let verdict = check::evaluate(&case, &outcome);
+    print!("{}", report::render(&verdict, verbose));
+    if let Some(j) = &args.json {
+        std::fs::write(j, report::to_json(&verdict))
+            .with_context(|| format!("cannot write {}", j.display()))?;
+    }
+    Ok(verdict.status.exit_code())
+}

@@ -1,1 +1,339 @@
-//! TODO
+//! Runs one case on one kernel: a work dir with sparse raw disks and a results dir, then one
+//! VM per boot on the same disks, in order.  A boot that never reached its first step is an
+//! infrastructure failure and is retried once.  Emits [`Event`]s for the UI.
+
+use crate::case::Case;
+use crate::console::{self, ConsoleScan};
+use crate::guest::{self, BootRecord};
+use crate::kernel::Kernel;
+use crate::vm::{self, Accel, ProcessEnd, VmConfig};
+use anyhow::{Context, Result};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Per-boot timeout.
+    pub timeout: Duration,
+    /// Keep the work dir (disks, results, console logs) and report its path.
+    pub keep: bool,
+    pub accel: Accel,
+    /// Overrides of the case's `vm:` settings.
+    pub memory: Option<String>,
+    pub cpus: Option<u32>,
+    /// Guest root filesystem (`--image`); `None` = host root, read-only.
+    pub root: Option<PathBuf>,
+    /// Parent directory for work dirs (default: the system temp dir).
+    pub work_parent: Option<PathBuf>,
+}
+
+impl RunOptions {
+    pub fn new(accel: Accel) -> Self {
+        RunOptions {
+            timeout: Duration::from_secs(600),
+            keep: false,
+            accel,
+            memory: None,
+            cpus: None,
+            root: None,
+            work_parent: None,
+        }
+    }
+}
+
+/// Progress events for the UI.
+#[derive(Debug, Clone)]
+pub enum Event {
+    BootStart { boot: usize, boots: usize, name: String, attempt: u32 },
+    Step { boot: usize, step: usize, steps: usize, label: String },
+    BootEnd { boot: usize, end: BootEnd, seconds: f64 },
+    Notice(String),
+}
+
+/// How a boot ended, from the results dir, the process and the console.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "detail")]
+pub enum BootEnd {
+    /// Ran to the end of its steps and powered off.
+    Exited,
+    /// Reached its `crash` step and the machine reset.
+    Reset,
+    /// A step failed its expectation; the guest stopped the boot there.
+    Aborted(String),
+    Panic(String),
+    /// Still running at the timeout.
+    Hang,
+    /// The guest's setup failed (no dm-cache target, disk missing …).
+    GuestError(String),
+    /// Never reached the first step, twice.
+    Infra(String),
+    /// QEMU/vng ended without a reset, a panic or the done marker.
+    Died(String),
+    Interrupted,
+}
+
+impl BootEnd {
+    pub fn describe(&self) -> String {
+        match self {
+            BootEnd::Exited => "exited".into(),
+            BootEnd::Reset => "reset by sysrq-b".into(),
+            BootEnd::Aborted(m) => format!("stopped: {m}"),
+            BootEnd::Panic(m) => format!("kernel panic: {m}"),
+            BootEnd::Hang => "hang (timeout)".into(),
+            BootEnd::GuestError(m) => format!("guest setup failed: {m}"),
+            BootEnd::Infra(m) => format!("infrastructure failure: {m}"),
+            BootEnd::Died(m) => format!("VM died: {m}"),
+            BootEnd::Interrupted => "interrupted".into(),
+        }
+    }
+}
+
+/// One boot as it happened.
+#[derive(Debug, Clone, Serialize)]
+pub struct BootOutcome {
+    pub name: String,
+    pub record: BootRecord,
+    pub scan: ConsoleScan,
+    pub end: BootEnd,
+    pub process: ProcessEnd,
+    pub seconds: f64,
+    pub attempts: u32,
+    pub console_log: PathBuf,
+    /// The console text (for dmesg assertions and evidence).
+    #[serde(skip)]
+    pub console: String,
+}
+
+/// A whole case run on one kernel.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseRun {
+    pub case: String,
+    pub kernel: Kernel,
+    pub accel: Accel,
+    /// Boots that ran, in order (later boots are missing when an earlier one went wrong).
+    pub boots: Vec<BootOutcome>,
+    /// Kept work dir (with `--keep`).
+    pub workdir: Option<PathBuf>,
+    pub seconds: f64,
+}
+
+/// Decides how a boot ended.
+pub fn boot_end(
+    case: &Case,
+    b: usize,
+    rec: &BootRecord,
+    scan: &ConsoleScan,
+    process: ProcessEnd,
+) -> BootEnd {
+    let planned_crash = case.boots[b].steps.last().is_some_and(|s| s.crash.is_some());
+    if process == ProcessEnd::Interrupted {
+        return BootEnd::Interrupted;
+    }
+    if let Some(p) = &scan.panic {
+        return BootEnd::Panic(p.clone());
+    }
+    if !rec.started {
+        let why = if scan.kvm_error {
+            "KVM internal error (set DMCACHE_VMTEST_ACCEL=tcg)".to_string()
+        } else if let Some(e) = &rec.error {
+            return BootEnd::GuestError(e.clone());
+        } else if process == ProcessEnd::Timeout {
+            "timed out before the first step".to_string()
+        } else if !scan.kernel_started {
+            format!("the kernel never printed a line ({process:?})")
+        } else {
+            format!("the guest script never started ({process:?})")
+        };
+        return BootEnd::Infra(why);
+    }
+    if let Some(e) = &rec.error {
+        return BootEnd::GuestError(e.clone());
+    }
+    if let Some(a) = rec.steps.iter().find_map(|s| s.abort.clone()) {
+        return BootEnd::Aborted(a);
+    }
+    if process == ProcessEnd::Timeout {
+        return BootEnd::Hang;
+    }
+    if planned_crash && rec.crash_marker && (scan.sysrq_reset || process != ProcessEnd::Exited(0)) {
+        return BootEnd::Reset;
+    }
+    if !planned_crash && rec.done {
+        return BootEnd::Exited;
+    }
+    BootEnd::Died(format!(
+        "{process:?} after step {}/{}",
+        rec.steps_finished(),
+        case.boots[b].steps.len()
+    ))
+}
+
+/// Values (captures and classification labels) a boot produced, host-side.
+pub fn boot_values(case: &Case, b: usize, rec: &BootRecord, values: &mut BTreeMap<String, String>) {
+    for (i, step) in case.boots[b].steps.iter().enumerate() {
+        let Some(sr) = rec.steps.get(i) else { continue };
+        let Some(status) = sr.status else { continue };
+        if let Some(n) = &step.capture {
+            values.insert(n.clone(), guest::capture_value(&sr.stdout));
+        }
+        if let Some(n) = &step.classify {
+            values.insert(n.clone(), guest::classify(&step.outcomes, status, &sr.dmesg));
+        }
+    }
+}
+
+/// Creates the work dir: `disks/*.img` (sparse), `results/`, `logs/`.
+fn make_workdir(case: &Case, opts: &RunOptions) -> Result<tempfile::TempDir> {
+    let parent = opts.work_parent.clone().unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&parent)?;
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("dmcache-vmtest-{}-", case.name))
+        .tempdir_in(&parent)
+        .with_context(|| format!("cannot create a work dir in {}", parent.display()))?;
+    for sub in ["disks", "results", "logs"] {
+        std::fs::create_dir_all(dir.path().join(sub))?;
+    }
+    for d in &case.disks {
+        let f = std::fs::File::create(disk_path(dir.path(), &d.name))?;
+        f.set_len(d.size.0)?;
+    }
+    Ok(dir)
+}
+
+fn disk_path(work: &Path, name: &str) -> PathBuf {
+    work.join("disks").join(format!("{name}.img"))
+}
+
+/// Runs every boot of `case` on `kernel`.
+pub fn run_case(
+    case: &Case,
+    kernel: &Kernel,
+    opts: &RunOptions,
+    events: &mut dyn FnMut(Event),
+) -> Result<CaseRun> {
+    let start = Instant::now();
+    let work = make_workdir(case, opts)?;
+    let results = work.path().join("results");
+    let logs = work.path().join("logs");
+    let mut values: BTreeMap<String, String> = BTreeMap::new();
+    let mut boots = Vec::new();
+    for b in 0..case.boots.len() {
+        let outcome = run_boot(case, b, kernel, opts, work.path(), &results, &logs, &values, events)?;
+        boot_values(case, b, &outcome.record, &mut values);
+        let go_on = matches!(outcome.end, BootEnd::Reset | BootEnd::Exited);
+        boots.push(outcome);
+        if !go_on {
+            break;
+        }
+    }
+    let workdir = if opts.keep {
+        Some(work.keep())
+    } else {
+        drop(work);
+        None
+    };
+    Ok(CaseRun {
+        case: case.name.clone(),
+        kernel: kernel.clone(),
+        accel: opts.accel,
+        boots,
+        workdir,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_boot(
+    case: &Case,
+    b: usize,
+    kernel: &Kernel,
+    opts: &RunOptions,
+    work: &Path,
+    results: &Path,
+    logs: &Path,
+    carried: &BTreeMap<String, String>,
+    events: &mut dyn FnMut(Event),
+) -> Result<BootOutcome> {
+    let boot = &case.boots[b];
+    let nsteps = boot.steps.len();
+    let mut attempt = 1;
+    loop {
+        let bdir = guest::boot_dir(results, b);
+        let _ = std::fs::remove_dir_all(&bdir);
+        let script = guest::prepare_boot(case, b, results, carried)?;
+        let cfg = VmConfig {
+            kernel: kernel.image.clone(),
+            disks: case
+                .disks
+                .iter()
+                .map(|d| (d.name.clone(), disk_path(work, &d.name)))
+                .collect(),
+            rwdir: results.to_path_buf(),
+            exec: format!("sh {}", script.display()),
+            memory: opts
+                .memory
+                .clone()
+                .or_else(|| case.vm.memory.clone())
+                .unwrap_or_else(|| "1G".into()),
+            cpus: opts.cpus.or(case.vm.cpus).unwrap_or(2),
+            accel: opts.accel,
+            root: opts.root.clone(),
+        };
+        events(Event::BootStart {
+            boot: b,
+            boots: case.boots.len(),
+            name: boot.name.clone(),
+            attempt,
+        });
+        let mut last_step = usize::MAX;
+        let mut tick = || {
+            let done = (0..nsteps)
+                .take_while(|i| bdir.join(format!("step-{}/status", i + 1)).exists() || bdir.join(format!("step-{}/skipped", i + 1)).exists())
+                .count();
+            if done != last_step && done < nsteps && bdir.join("started").exists() {
+                last_step = done;
+                events(Event::Step {
+                    boot: b,
+                    step: done,
+                    steps: nsteps,
+                    label: boot.steps[done].label(),
+                });
+            }
+        };
+        let tag = format!("boot-{}-try-{attempt}", b + 1);
+        let launched = vm::launch(&cfg, logs, &tag, opts.timeout, &mut tick)?;
+        let console = std::fs::read_to_string(&launched.console_log).unwrap_or_default();
+        let scan = console::scan(&console);
+        let record = guest::read_boot(results, b, nsteps);
+        let end = boot_end(case, b, &record, &scan, launched.end);
+        if let BootEnd::Infra(why) = &end {
+            if attempt == 1 {
+                events(Event::Notice(format!(
+                    "boot {} `{}` never reached its first step ({why}); retrying once",
+                    b + 1,
+                    boot.name
+                )));
+                attempt += 1;
+                continue;
+            }
+        }
+        events(Event::BootEnd {
+            boot: b,
+            end: end.clone(),
+            seconds: launched.seconds,
+        });
+        return Ok(BootOutcome {
+            name: boot.name.clone(),
+            record,
+            scan,
+            end,
+            process: launched.end,
+            seconds: launched.seconds,
+            attempts: attempt,
+            console_log: launched.console_log,
+            console,
+        });
+    }
+}
