@@ -262,7 +262,18 @@ pub fn evaluate(case: &Case, run: &CaseRun) -> Verdict {
             .collect::<Vec<_>>()
             .join("\n")
     };
+    let boots_ok = run.boots.len() == case.boots.len()
+        && run.boots.iter().all(|o| matches!(o.end, BootEnd::Exited | BootEnd::Reset));
     for a in &case.assert {
+        let missing = a
+            .equal
+            .iter()
+            .chain(a.differ.iter())
+            .flatten()
+            .any(|n| !values.contains_key(n));
+        if missing && !boots_ok {
+            continue; // the boot failure above is the explanation
+        }
         if a.when.as_ref().is_some_and(|c| !c.holds(&values))
             || a.unless.as_ref().is_some_and(|c| c.holds(&values))
         {
@@ -317,7 +328,7 @@ pub fn evaluate(case: &Case, run: &CaseRun) -> Verdict {
                     ),
                     detail: c.evidence.clone(),
                 }),
-                None if infra.is_empty() => failures.push(Failure {
+                None if infra.is_empty() && boots_ok => failures.push(Failure {
                     what: format!("`{name}` was never classified (its step did not run)"),
                     detail: vec![],
                 }),
@@ -334,8 +345,8 @@ pub fn evaluate(case: &Case, run: &CaseRun) -> Verdict {
     } else {
         Status::Fail
     };
-    let mut all_failures = infra;
-    all_failures.extend(failures);
+    // An infrastructure failure explains everything after it; don't bury it in consequences.
+    let all_failures = if infra.is_empty() { failures } else { infra };
     Verdict {
         case: case.name.clone(),
         kernel: run.kernel.spec.clone(),

@@ -75,13 +75,11 @@ fn disk_args(disks: &[(String, PathBuf)]) -> Vec<String> {
         .iter()
         .enumerate()
         .flat_map(|(i, (name, path))| {
-            vec![
-                "--qemu-opts".into(),
-                format!(
-                    "-drive if=none,id=dmt{i},file={},format=raw,cache=writeback -device virtio-blk-pci,drive=dmt{i},serial={name}",
+            // One token: argparse would take a separate value starting with `-` for an option.
+            vec![format!(
+                    "--qemu-opts=-drive if=none,id=dmt{i},file={},format=raw,cache=writeback -device virtio-blk-pci,drive=dmt{i},serial={name}",
                     path.display()
-                ),
-            ]
+                )]
         })
         .collect()
 }
@@ -320,9 +318,10 @@ mod tests {
     #[test]
     fn disks_are_raw_with_serial() {
         let a = disk_args(&cfg().disks);
-        assert_eq!(a[0], "--qemu-opts");
-        assert!(a[1].contains("file=/w/disks/sdc.img,format=raw"), "{}", a[1]);
-        assert!(a[1].contains("virtio-blk-pci,drive=dmt0,serial=sdc"));
+        assert_eq!(a.len(), 1);
+        assert!(a[0].starts_with("--qemu-opts=-drive "), "{}", a[0]);
+        assert!(a[0].contains("file=/w/disks/sdc.img,format=raw"), "{}", a[0]);
+        assert!(a[0].contains("virtio-blk-pci,drive=dmt0,serial=sdc"));
     }
 
     #[test]
