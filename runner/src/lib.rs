@@ -4,6 +4,7 @@
 //! process per boot, guest script from `guest`) → `console` scan → `check`
 //! (assertions, classification, verdict) → `report`.  `run` orchestrates one case.
 
+pub mod bench;
 pub mod cache;
 pub mod case;
 pub mod check;

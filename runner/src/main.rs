@@ -54,6 +54,16 @@ enum Cmd {
         #[command(subcommand)]
         cmd: KernelCmd,
     },
+    /// Time bare boots and a case on one kernel; print per-boot times and the runner's overhead.
+    Bench {
+        #[arg(default_value = "unclean_passthrough")]
+        name: String,
+        /// Number of bare boots to time.
+        #[arg(long, default_value_t = 3)]
+        bare: usize,
+        #[command(flatten)]
+        args: RunArgs,
+    },
     /// Check host tools, QEMU, KVM and vng; say how to fix each gap.
     Doctor {
         #[arg(long, env = "DMCACHE_VMTEST_KERNEL", default_value = kernel::DEFAULT_SPEC)]
@@ -102,6 +112,17 @@ fn dispatch(cli: Cli) -> Result<i32> {
             );
             Ok(0)
         }
+        Cmd::Bench { name, bare, args } => {
+            let case = case::load(&case::find(&name)?)?;
+            let k = resolve_kernel(&args.kernel)?;
+            let opts = run_options(&k, &args)?;
+            let p = report::Progress::new("bench");
+            p.message(&format!("{bare} bare boots, then {}", case.name));
+            let r = dmcache_vmtest::bench::bench(&case, &k, &opts, bare);
+            p.finish();
+            print!("{}", dmcache_vmtest::bench::render(&r?, opts.accel));
+            Ok(0)
+        }
         Cmd::Doctor { kernel } => Ok(dmcache_vmtest::doctor::run(&kernel)),
     }
 }
@@ -114,10 +135,8 @@ fn resolve_kernel(spec: &str) -> Result<kernel::Kernel> {
     k
 }
 
-fn cmd_case(name: &str, args: &RunArgs, verbose: bool) -> Result<i32> {
-    let path = case::find(name)?;
-    let case = case::load(&path)?;
-    let k = resolve_kernel(&args.kernel)?;
+/// VM options from the flags; decides KVM or TCG (one notice on fallback).
+fn run_options(k: &kernel::Kernel, args: &RunArgs) -> Result<run::RunOptions> {
     let (accel, notice) = vm::choose_accel(&k.image)?;
     if let Some(n) = notice {
         eprintln!("note: {n}");
@@ -127,6 +146,14 @@ fn cmd_case(name: &str, args: &RunArgs, verbose: bool) -> Result<i32> {
     opts.keep = args.keep;
     opts.memory = args.memory.clone();
     opts.cpus = args.cpus;
+    Ok(opts)
+}
+
+fn cmd_case(name: &str, args: &RunArgs, verbose: bool) -> Result<i32> {
+    let path = case::find(name)?;
+    let case = case::load(&path)?;
+    let k = resolve_kernel(&args.kernel)?;
+    let opts = run_options(&k, args)?;
     let mut progress = report::Progress::new(&case.name);
     let outcome = run::run_case(&case, &k, &opts, &mut |e| progress.event(e));
     progress.finish();
