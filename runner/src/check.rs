@@ -199,7 +199,9 @@ pub fn evaluate(case: &Case, run: &CaseRun) -> Verdict {
             } else {
                 ok = false;
                 // Only the first unfinished step of a boot is worth a line.
-                if steps.iter().all(|s: &StepSummary| s.status.is_some() || s.skipped) {
+                if !matches!(out.end, BootEnd::Aborted(_))
+                    && steps.iter().all(|s: &StepSummary| s.status.is_some() || s.skipped)
+                {
                     failures.push(Failure {
                         what: format!("{where_}: never finished (boot {})", out.end.describe()),
                         detail: tail(&out.console, 12),
