@@ -13,6 +13,7 @@ pub mod doctor;
 pub mod guest;
 pub mod kbuild;
 pub mod kernel;
+pub mod matrix;
 pub mod report;
 pub mod run;
 pub mod vm;

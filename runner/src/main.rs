@@ -64,6 +64,27 @@ enum Cmd {
         #[command(flatten)]
         args: RunArgs,
     },
+    /// Run a kernel × case matrix (YAML) and compare every pair with its expected outcome.
+    Matrix {
+        file: PathBuf,
+        /// VMs at a time (default: one per core, at most one per 2 GiB free memory).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Run each pair N times; report flakiness and min/median/max durations.
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
+        #[arg(long)]
+        junit: Option<PathBuf>,
+        /// Markdown summary (e.g. $GITHUB_STEP_SUMMARY).
+        #[arg(long)]
+        summary: Option<PathBuf>,
+        #[arg(long)]
+        json: Option<PathBuf>,
+        #[arg(long)]
+        keep: bool,
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
     /// Check host tools, QEMU, KVM and vng; say how to fix each gap.
     Doctor {
         #[arg(long, env = "DMCACHE_VMTEST_KERNEL", default_value = kernel::DEFAULT_SPEC)]
@@ -122,6 +143,35 @@ fn dispatch(cli: Cli) -> Result<i32> {
             p.finish();
             print!("{}", dmcache_vmtest::bench::render(&r?, opts.accel));
             Ok(0)
+        }
+        Cmd::Matrix { file, jobs, repeat, junit, summary, json, keep, timeout } => {
+            let m = dmcache_vmtest::matrix::load(&file)?;
+            let mut opts = run::RunOptions::new(vm::Accel::Tcg);
+            opts.keep = keep;
+            opts.timeout = Duration::from_secs(timeout);
+            let jobs = jobs.unwrap_or_else(dmcache_vmtest::matrix::default_jobs);
+            let ui = report::MultiUi::new();
+            let results = dmcache_vmtest::matrix::run(&m, jobs, repeat, &opts, &|l, e| ui.event(l, e));
+            ui.finish();
+            let results = results?;
+            print!("{}", report::matrix_table(&results));
+            let write = |p: &Option<PathBuf>, text: String| -> Result<()> {
+                if let Some(p) = p {
+                    std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display()))?;
+                }
+                Ok(())
+            };
+            write(&junit, report::matrix_junit(&results))?;
+            write(&summary, report::matrix_markdown(&results))?;
+            write(&json, report::to_json(&results))?;
+            let bad = results.iter().filter(|r| !r.ok()).count();
+            if bad > 0 {
+                eprintln!("{bad} of {} pairs differ from their expected outcome", results.len());
+                Ok(1)
+            } else {
+                println!("all {} pairs as expected", results.len());
+                Ok(0)
+            }
         }
         Cmd::Doctor { kernel } => Ok(dmcache_vmtest::doctor::run(&kernel)),
     }

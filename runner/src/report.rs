@@ -162,3 +162,171 @@ pub fn render(v: &Verdict, verbose: bool) -> String {
 pub fn to_json(v: &impl serde::Serialize) -> String {
     serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
+
+/// The matrix as a Markdown table (for `$GITHUB_STEP_SUMMARY`).
+pub fn matrix_markdown(results: &[crate::matrix::PairResult]) -> String {
+    let mut s = String::from(
+        "| kernel | case | expected | result | release | cache target | time (min/med/max) | |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in results {
+        let (lo, med, hi) = r.durations();
+        let v = r.runs.first();
+        let result = v.map(crate::matrix::describe).unwrap_or_else(|| "not run".into());
+        let mark = if !r.ok() {
+            "❌ mismatch"
+        } else if r.flaky() {
+            "⚠️ flaky"
+        } else {
+            "✅"
+        };
+        let times = if r.runs.len() > 1 {
+            format!("{lo:.0}/{med:.0}/{hi:.0} s ×{}", r.runs.len())
+        } else {
+            format!("{med:.0} s")
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} ({}) | {} | {} | {} | {} | {} |",
+            r.pair.kernel,
+            r.pair.case,
+            r.pair.outcome,
+            match r.pair.verdict {
+                crate::matrix::VerdictExpect::Pass => "pass",
+                crate::matrix::VerdictExpect::Fail => "fail",
+            },
+            result,
+            v.and_then(|v| v.release.clone()).unwrap_or_default(),
+            v.and_then(|v| v.cache_target.clone()).unwrap_or_default(),
+            times,
+            mark
+        );
+    }
+    for r in results.iter().filter(|r| !r.ok()) {
+        let _ = writeln!(s, "\n**{}** on `{}`:", r.pair.id(), r.spec);
+        for (i, m) in r.mismatches.iter().enumerate() {
+            for line in m {
+                let _ = writeln!(s, "- run {}: {line}", i + 1);
+            }
+        }
+    }
+    s
+}
+
+/// The matrix as JUnit XML: one test case per (kernel, case) pair and run.
+pub fn matrix_junit(results: &[crate::matrix::PairResult]) -> String {
+    use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+    let mut report = Report::new("dmcache-vmtest");
+    let mut suite = TestSuite::new("matrix");
+    for r in results {
+        for (i, v) in r.runs.iter().enumerate() {
+            let mism = &r.mismatches[i];
+            let status = if mism.is_empty() {
+                TestCaseStatus::success()
+            } else {
+                let mut st = TestCaseStatus::non_success(if v.status == Status::Infra {
+                    NonSuccessKind::Error
+                } else {
+                    NonSuccessKind::Failure
+                });
+                st.set_message(mism.join("; "));
+                st.set_description(render(v, true));
+                st
+            };
+            let name = if r.runs.len() > 1 { format!("{} #{}", r.pair.id(), i + 1) } else { r.pair.id() };
+            let mut tc = TestCase::new(name, status);
+            tc.set_classname(format!("{}.{}", r.pair.kernel, r.pair.case));
+            tc.set_time(Duration::from_secs_f64(v.seconds));
+            if mism.is_empty() {
+                tc.set_system_out(render(v, false));
+            }
+            tc.add_property(quick_junit::Property::new("kernel", r.spec.clone()));
+            tc.add_property(quick_junit::Property::new("release", v.release.clone().unwrap_or_default()));
+            tc.add_property(quick_junit::Property::new("cache_target", v.cache_target.clone().unwrap_or_default()));
+            tc.add_property(quick_junit::Property::new("outcome", describe_short(v)));
+            suite.add_test_case(tc);
+        }
+        if r.runs.is_empty() {
+            let mut st = TestCaseStatus::non_success(NonSuccessKind::Error);
+            st.set_message("not run");
+            suite.add_test_case(TestCase::new(r.pair.id(), st));
+        }
+    }
+    report.add_test_suite(suite);
+    report.to_string().unwrap_or_else(|e| format!("<!-- junit error: {e} -->"))
+}
+
+fn describe_short(v: &Verdict) -> String {
+    crate::matrix::describe(v)
+}
+
+/// The matrix for a terminal.
+pub fn matrix_table(results: &[crate::matrix::PairResult]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "{:<14} {:<28} {:<12} {:<58} {:>8}", "kernel", "case", "expected", "result", "time");
+    for r in results {
+        let (_, med, _) = r.durations();
+        let result = r.runs.first().map(crate::matrix::describe).unwrap_or_else(|| "not run".into());
+        let mark = if !r.ok() { "✗ MISMATCH" } else if r.flaky() { "! flaky" } else { "✓" };
+        let _ = writeln!(s, "{:<14} {:<28} {:<12} {:<58} {:>6.0} s {mark}", r.pair.kernel, r.pair.case, r.pair.outcome, result, med);
+    }
+    for r in results.iter().filter(|r| !r.ok()) {
+        for (i, m) in r.mismatches.iter().enumerate() {
+            for line in m {
+                let _ = writeln!(s, "  {} run {}: {line}", r.pair.id(), i + 1);
+            }
+        }
+    }
+    s
+}
+
+/// One progress line per running VM (matrix runs).
+pub struct MultiUi {
+    multi: indicatif::MultiProgress,
+    bars: std::sync::Mutex<std::collections::BTreeMap<String, Progress>>,
+}
+
+impl Default for MultiUi {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MultiUi {
+    pub fn new() -> Self {
+        MultiUi {
+            multi: indicatif::MultiProgress::new(),
+            bars: std::sync::Mutex::new(Default::default()),
+        }
+    }
+
+    /// `None` event: a message for the label, or the end of that label's job.
+    pub fn event(&self, label: &str, e: Option<Event>) {
+        let mut bars = self.bars.lock().unwrap();
+        match e {
+            Some(e) => {
+                let p = bars.entry(label.to_string()).or_insert_with(|| {
+                    let bar = self.multi.add(ProgressBar::new_spinner());
+                    bar.set_style(
+                        ProgressStyle::with_template("{spinner} [{elapsed:>4}] {prefix} {msg}")
+                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                    );
+                    Progress::with_bar(bar, label)
+                });
+                p.event(e);
+            }
+            None => {
+                if let Some(p) = bars.remove(label) {
+                    p.finish();
+                } else {
+                    let _ = self.multi.println(label);
+                }
+            }
+        }
+    }
+
+    pub fn finish(&self) {
+        for (_, p) in std::mem::take(&mut *self.bars.lock().unwrap()) {
+            p.finish();
+        }
+    }
+}

@@ -27,6 +27,8 @@ pub struct RunOptions {
     pub root: Option<PathBuf>,
     /// Parent directory for work dirs (default: the system temp dir).
     pub work_parent: Option<PathBuf>,
+    /// For matrices: use this accelerator instead of probing each kernel.
+    pub accel_override: Option<Accel>,
 }
 
 impl RunOptions {
@@ -39,6 +41,7 @@ impl RunOptions {
             cpus: None,
             root: None,
             work_parent: None,
+            accel_override: None,
         }
     }
 }

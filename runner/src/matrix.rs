@@ -1,0 +1,315 @@
+//! Kernel × case matrices: a YAML file names kernels (any `--kernel` spec) and the outcome
+//! each (kernel, case) pair is expected to give; [`run`] runs the pairs in parallel, possibly
+//! several times, and [`judge`] compares each verdict with its expectation.
+//!
+//! ```yaml
+//! kernels:
+//!   debian-6.12: { spec: "debian:6.12.117+deb12" }
+//!   fixed-6.12:  { spec: "build:debian:6.12,patches/a373b3d5289e-on-linux-6.12.117.patch" }
+//! pairs:
+//!   - kernel: fixed-6.12
+//!     case: unclean_passthrough
+//!     outcome: fixed                 # a tag for people: fixed | unfixed | vulnerable | …
+//!     verdict: pass                  # pass | fail
+//!     classify: { passthrough: "refused: unclean shutdown (can_resume)" }
+//!     cache_target: 2.4.0            # optional
+//!     failure: data loss             # optional: text a failure of the verdict must contain
+//! ```
+
+use crate::case::{self, CaseError};
+use crate::check::{Status, Verdict};
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Matrix {
+    pub kernels: BTreeMap<String, KernelEntry>,
+    pub pairs: Vec<Pair>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelEntry {
+    pub spec: String,
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerdictExpect {
+    Pass,
+    Fail,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pair {
+    pub kernel: String,
+    pub case: String,
+    pub outcome: String,
+    pub verdict: VerdictExpect,
+    #[serde(default)]
+    pub classify: BTreeMap<String, String>,
+    #[serde(default)]
+    pub cache_target: Option<String>,
+    #[serde(default)]
+    pub failure: Option<String>,
+}
+
+impl Pair {
+    pub fn id(&self) -> String {
+        format!("{}@{}", self.case, self.kernel)
+    }
+}
+
+/// Parses and checks a matrix (kernel names defined, cases exist).
+pub fn parse(text: &str, file: &str) -> Result<Matrix, CaseError> {
+    let m: Matrix = serde_yaml_ng::from_str(text).map_err(|e| {
+        let loc = e.location();
+        let msg = e.to_string();
+        let msg = match msg.rfind(" at line ") {
+            Some(i) if loc.is_some() => msg[..i].to_string(),
+            _ => msg,
+        };
+        CaseError { file: file.into(), line: loc.as_ref().map(|l| l.line()), col: loc.as_ref().map(|l| l.column()), msg }
+    })?;
+    let line_of = |needle: &str| text.lines().position(|l| l.contains(needle)).map(|i| i + 1);
+    for (i, p) in m.pairs.iter().enumerate() {
+        if !m.kernels.contains_key(&p.kernel) {
+            return Err(CaseError {
+                file: file.into(),
+                line: line_of(&format!("kernel: {}", p.kernel)),
+                col: None,
+                msg: format!("pairs[{i}]: kernel `{}` is not defined under `kernels:`", p.kernel),
+            });
+        }
+    }
+    Ok(m)
+}
+
+pub fn load(path: &Path) -> Result<Matrix> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let m = parse(&text, &path.display().to_string())?;
+    for p in &m.pairs {
+        case::find(&p.case).with_context(|| format!("{}: pair {}", path.display(), p.id()))?;
+    }
+    Ok(m)
+}
+
+/// Differences between what a pair expects and what its verdict says (empty = as expected).
+pub fn judge(pair: &Pair, v: &Verdict) -> Vec<String> {
+    let mut out = Vec::new();
+    match (pair.verdict, v.status) {
+        (_, Status::Infra) => out.push(format!(
+            "could not run: {}",
+            v.failures.first().map(|f| f.what.as_str()).unwrap_or("infrastructure failure")
+        )),
+        (VerdictExpect::Pass, Status::Fail) => out.push(format!(
+            "expected PASS, got FAIL: {}",
+            v.failures.iter().map(|f| f.what.as_str()).collect::<Vec<_>>().join("; ")
+        )),
+        (VerdictExpect::Fail, Status::Pass) => out.push("expected FAIL, got PASS".into()),
+        _ => {}
+    }
+    for (name, want) in &pair.classify {
+        let got = v.classifications.get(name).map(|c| c.label.as_str()).unwrap_or("(not classified)");
+        if got != want {
+            out.push(format!("{name}: expected `{want}`, got `{got}`"));
+        }
+    }
+    if let Some(t) = &pair.cache_target {
+        let got = v.cache_target.as_deref().unwrap_or("?");
+        if got != t.trim_start_matches('v') {
+            out.push(format!("cache target: expected {t}, got {got}"));
+        }
+    }
+    if let Some(f) = &pair.failure {
+        if !v.failures.iter().any(|x| x.what.contains(f.as_str())) {
+            out.push(format!("expected a failure mentioning `{f}`"));
+        }
+    }
+    out
+}
+
+/// A short description of what a verdict says, for tables.
+pub fn describe(v: &Verdict) -> String {
+    let labels: Vec<String> = v.classifications.values().map(|c| c.label.clone()).collect();
+    let status = match v.status {
+        Status::Pass => "PASS",
+        Status::Fail => "FAIL",
+        Status::Infra => "ERROR",
+    };
+    let mut s = format!("{status} {}", labels.join(", "));
+    if v.status == Status::Fail {
+        if let Some(f) = v.failures.iter().find(|f| f.what.starts_with("data loss")) {
+            s += &format!(" — {}", f.what.split(':').next().unwrap_or("data loss"));
+        }
+    }
+    s.trim().to_string()
+}
+
+/// All runs of one pair.
+#[derive(Debug, Clone, Serialize)]
+pub struct PairResult {
+    pub pair: Pair,
+    pub spec: String,
+    pub runs: Vec<Verdict>,
+    /// Per run, what differed from the expectation.
+    pub mismatches: Vec<Vec<String>>,
+}
+
+impl PairResult {
+    pub fn ok(&self) -> bool {
+        !self.runs.is_empty() && self.mismatches.iter().all(|m| m.is_empty())
+    }
+    /// Runs that disagree with each other (status or labels).
+    pub fn flaky(&self) -> bool {
+        let mut d: Vec<String> = self.runs.iter().map(describe).collect();
+        d.dedup();
+        d.len() > 1
+    }
+    /// (min, median, max) seconds.
+    pub fn durations(&self) -> (f64, f64, f64) {
+        let mut t: Vec<f64> = self.runs.iter().map(|v| v.seconds).collect();
+        if t.is_empty() {
+            return (0.0, 0.0, 0.0);
+        }
+        t.sort_by(|a, b| a.total_cmp(b));
+        (t[0], t[t.len() / 2], t[t.len() - 1])
+    }
+}
+
+/// Default parallelism: one VM per core, at most one per 2 GiB of memory.
+pub fn default_jobs() -> usize {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemAvailable:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| (kb / (1 << 20)) as usize)
+        .unwrap_or(2);
+    cpus.min(mem_gib / 2).max(1)
+}
+
+/// Runs every pair `repeat` times with `jobs` VMs at a time.  Kernels are resolved (fetched,
+/// built) first, one at a time.  `ui` gets a label and the events of each job.
+pub fn run(
+    m: &Matrix,
+    jobs: usize,
+    repeat: usize,
+    base: &crate::run::RunOptions,
+    ui: &(dyn Fn(&str, Option<crate::run::Event>) + Sync),
+) -> Result<Vec<PairResult>> {
+    use std::sync::Mutex;
+    let mut kernels = BTreeMap::new();
+    for (name, k) in &m.kernels {
+        if !m.pairs.iter().any(|p| &p.kernel == name) {
+            continue;
+        }
+        ui(&format!("kernel {name}"), None);
+        let spec = crate::kernel::KernelSpec::parse(&k.spec).with_context(|| format!("kernel {name}"))?;
+        let resolved = crate::kernel::resolve(&spec, &k.spec, &mut |msg| ui(&format!("kernel {name}: {msg}"), None))
+            .with_context(|| format!("kernel {name} ({})", k.spec))?;
+        let (accel, notice) = match base.accel_override {
+            Some(a) => (a, None),
+            None => crate::vm::choose_accel(&resolved.image)?,
+        };
+        if let Some(n) = notice {
+            ui(&format!("note: {n}"), None);
+        }
+        kernels.insert(name.clone(), (resolved, accel));
+    }
+    let cases: BTreeMap<String, case::Case> = m
+        .pairs
+        .iter()
+        .map(|p| Ok((p.case.clone(), case::load(&case::find(&p.case)?)?)))
+        .collect::<Result<_>>()?;
+    let queue: Mutex<Vec<(usize, usize)>> = Mutex::new(
+        (0..repeat.max(1))
+            .flat_map(|r| (0..m.pairs.len()).map(move |i| (i, r)))
+            .rev()
+            .collect(),
+    );
+    let results: Mutex<Vec<Vec<Option<Verdict>>>> =
+        Mutex::new(vec![vec![None; repeat.max(1)]; m.pairs.len()]);
+    let errors: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let per_vm_cpus = (cpus / jobs.max(1)).max(1) as u32;
+    std::thread::scope(|s| {
+        for _ in 0..jobs.max(1) {
+            s.spawn(|| loop {
+                let Some((i, r)) = queue.lock().unwrap().pop() else { break };
+                if crate::vm::INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let pair = &m.pairs[i];
+                let (kernel, accel) = &kernels[&pair.kernel];
+                let case = &cases[&pair.case];
+                let mut opts = base.clone();
+                opts.accel = *accel;
+                opts.cpus = opts.cpus.or(Some(per_vm_cpus));
+                let label = if repeat > 1 { format!("{} #{}", pair.id(), r + 1) } else { pair.id() };
+                match crate::run::run_case(case, kernel, &opts, &mut |e| ui(&label, Some(e))) {
+                    Ok(out) => {
+                        let v = crate::check::evaluate(case, &out);
+                        results.lock().unwrap()[i][r] = Some(v);
+                    }
+                    Err(e) => errors.lock().unwrap().push(format!("{label}: {e:#}")),
+                }
+                ui(&label, None);
+            });
+        }
+    });
+    let errors = errors.into_inner().unwrap();
+    if let Some(e) = errors.first() {
+        anyhow::bail!("{e}");
+    }
+    Ok(m
+        .pairs
+        .iter()
+        .zip(results.into_inner().unwrap())
+        .map(|(p, runs)| {
+            let runs: Vec<Verdict> = runs.into_iter().flatten().collect();
+            PairResult {
+                pair: p.clone(),
+                spec: m.kernels[&p.kernel].spec.clone(),
+                mismatches: runs.iter().map(|v| judge(p, v)).collect(),
+                runs,
+            }
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const M: &str = r#"
+kernels:
+  k1: { spec: "debian:6.12.117+deb12" }
+pairs:
+  - kernel: k1
+    case: unclean_passthrough
+    outcome: unfixed
+    verdict: pass
+    classify: { passthrough: "refused: dirty mapping" }
+"#;
+
+    #[test]
+    fn parse_and_reject_unknown_kernel() {
+        let m = parse(M, "m.yaml").unwrap();
+        assert_eq!(m.pairs[0].id(), "unclean_passthrough@k1");
+        let e = parse(&M.replace("kernel: k1", "kernel: k2"), "m.yaml").unwrap_err().to_string();
+        assert!(e.contains("kernel `k2` is not defined"), "{e}");
+        let e = parse(&M.replace("verdict: pass", "verdict: maybe"), "m.yaml").unwrap_err().to_string();
+        assert!(e.starts_with("m.yaml:9:"), "{e}");
+    }
+}
