@@ -1,31 +1,30 @@
-//! Every case in `cases/` on every test kernel, in real VMs (libtest-mimic: one trial per
-//! case × kernel).  A trial passes when the verdict is PASS, i.e. the case's outcome is the one
-//! it declares for that kernel.  Then the same recorded run is judged against a deliberately
-//! wrong expectation, which must FAIL with a readable reason (so the verdict can fail).
-//!
-//! Kernels: `$DMCACHE_VMTEST_TEST_KERNELS` (comma-separated specs), default
-//! `debian:6.12.117+deb12,debian:6.1.0-56`.  A missing QEMU/vng/kernel fails the trial with
-//! the reason; nothing is skipped.
+//! Real-VM tests (libtest-mimic): one trial per (kernel, case) pair of `matrix.yaml`
+//! (or `$DMCACHE_VMTEST_MATRIX`).  A trial runs the case on that kernel and checks the
+//! verdict, the classification and the target version the matrix expects.  Then the same
+//! recorded run is judged against a deliberately wrong expectation, which must FAIL with a
+//! readable reason (the verdict can fail).  A coverage trial checks that every case in
+//! `cases/` is in the matrix.  A missing QEMU/vng/kernel fails a trial with the reason;
+//! nothing is skipped.  Select trials by name: `cargo test -- unclean_passthrough@debian-6.12`.
 
 use dmcache_vmtest::case::{self, Case, OneOrMany};
 use dmcache_vmtest::check::{self, Status};
+use dmcache_vmtest::matrix::{self, Matrix, Pair};
 use dmcache_vmtest::{kernel, report, run, vm};
 use libtest_mimic::{Arguments, Failed, Trial};
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
-const DEFAULT_KERNELS: &str = "debian:6.12.117+deb12,debian:6.1.0-56";
+type Kernels = Arc<Mutex<BTreeMap<String, Result<(kernel::Kernel, vm::Accel), String>>>>;
 
-fn kernels() -> Vec<String> {
-    std::env::var("DMCACHE_VMTEST_TEST_KERNELS")
-        .unwrap_or_else(|_| DEFAULT_KERNELS.into())
-        .split(',')
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect()
+fn matrix_path() -> PathBuf {
+    std::env::var_os("DMCACHE_VMTEST_MATRIX")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../matrix.yaml"))
 }
 
 /// A copy of `case` whose every expectation rule allows only labels other than the observed ones.
-fn wrong_expectation(case: &Case, observed: &std::collections::BTreeMap<String, String>) -> Case {
+fn wrong_expectation(case: &Case, observed: &BTreeMap<String, String>) -> Case {
     let mut c = case.clone();
     for rule in &mut c.expect {
         for (name, allowed) in rule.classify.iter_mut() {
@@ -42,41 +41,49 @@ fn wrong_expectation(case: &Case, observed: &std::collections::BTreeMap<String, 
     c
 }
 
-fn run_trial(path: &Path, spec: &str) -> Result<(), Failed> {
-    let case = case::load(path).map_err(|e| format!("{e:#}"))?;
-    let parsed = kernel::KernelSpec::parse(spec).map_err(|e| format!("{e:#}"))?;
-    let k = kernel::resolve(&parsed, spec, &mut |m| eprintln!("[{spec}] {m}"))
-        .map_err(|e| format!("cannot get kernel {spec}: {e:#}"))?;
-    let (accel, notice) = vm::choose_accel(&k.image).map_err(|e| format!("{e:#}"))?;
-    if let Some(n) = notice {
-        eprintln!("[{spec}] note: {n}");
-    }
+/// Kernels are fetched/built one at a time (builds share a tree), once per test process.
+fn get_kernel(kernels: &Kernels, spec: &str) -> Result<(kernel::Kernel, vm::Accel), String> {
+    let mut map = kernels.lock().unwrap();
+    map.entry(spec.to_string())
+        .or_insert_with(|| {
+            let parsed = kernel::KernelSpec::parse(spec).map_err(|e| format!("{e:#}"))?;
+            let k = kernel::resolve(&parsed, spec, &mut |m| eprintln!("[{spec}] {m}"))
+                .map_err(|e| format!("cannot get kernel {spec}: {e:#}"))?;
+            let (accel, notice) = vm::choose_accel(&k.image).map_err(|e| format!("{e:#}"))?;
+            if let Some(n) = notice {
+                eprintln!("[{spec}] note: {n}");
+            }
+            Ok((k, accel))
+        })
+        .clone()
+}
+
+fn run_pair(pair: &Pair, spec: &str, kernels: &Kernels) -> Result<(), Failed> {
+    let case = case::load(&case::find(&pair.case).map_err(|e| format!("{e:#}"))?)
+        .map_err(|e| format!("{e:#}"))?;
+    let (k, accel) = get_kernel(kernels, spec)?;
     let mut opts = run::RunOptions::new(accel);
     opts.keep = std::env::var_os("DMCACHE_VMTEST_KEEP").is_some();
-    let label = format!("{}@{spec}", case.name);
-    let outcome = run::run_case(&case, &k, &opts, &mut |e| {
-        if let run::Event::BootEnd { boot, end, seconds } = e {
-            eprintln!("[{label}] boot {}: {} ({seconds:.1} s)", boot + 1, end.describe());
-        } else if let run::Event::Notice(n) = e {
-            eprintln!("[{label}] note: {n}");
+    let label = pair.id();
+    let outcome = run::run_case(&case, &k, &opts, &mut |e| match e {
+        run::Event::BootEnd { boot, end, seconds } => {
+            eprintln!("[{label}] boot {}: {} ({seconds:.1} s)", boot + 1, end.describe())
         }
+        run::Event::Notice(n) => eprintln!("[{label}] note: {n}"),
+        _ => {}
     })
     .map_err(|e| format!("{e:#}"))?;
     let verdict = check::evaluate(&case, &outcome);
     let text = report::render(&verdict, true);
-    eprintln!("{text}");
-    if verdict.status != Status::Pass {
-        return Err(format!("{} on {spec}:\n{text}", status_name(verdict.status)).into());
+    eprintln!("[{label}]\n{text}");
+    let mism = matrix::judge(pair, &verdict);
+    if !mism.is_empty() {
+        return Err(format!("{label} on {spec}: {}\n{text}", mism.join("; ")).into());
     }
-    // The same run against a wrong expectation must fail, naming the classification.
-    let observed = verdict
-        .classifications
-        .iter()
-        .map(|(k, c)| (k.clone(), c.label.clone()))
-        .collect();
-    if !verdict.classifications.is_empty() {
-        let wrong = wrong_expectation(&case, &observed);
-        let v2 = check::evaluate(&wrong, &outcome);
+    // The same run judged against a wrong expectation must fail and say why.
+    if verdict.status == Status::Pass && !verdict.classifications.is_empty() {
+        let observed = verdict.classifications.iter().map(|(k, c)| (k.clone(), c.label.clone())).collect();
+        let v2 = check::evaluate(&wrong_expectation(&case, &observed), &outcome);
         let reason = v2.failures.iter().map(|f| f.what.clone()).collect::<Vec<_>>().join("; ");
         if v2.status != Status::Fail || !reason.contains("is expected to give") {
             return Err(format!("a wrong expectation did not make the case fail: {:?} {reason}", v2.status).into());
@@ -85,23 +92,41 @@ fn run_trial(path: &Path, spec: &str) -> Result<(), Failed> {
     Ok(())
 }
 
-fn status_name(s: Status) -> &'static str {
-    match s {
-        Status::Pass => "PASS",
-        Status::Fail => "FAIL",
-        Status::Infra => "INFRASTRUCTURE ERROR",
+fn coverage(m: &Matrix) -> Result<(), Failed> {
+    let cases = case::list().map_err(|e| format!("{e:#}"))?;
+    let missing: Vec<String> = cases
+        .iter()
+        .map(|(n, _)| n.clone())
+        .filter(|n| {
+            !m.pairs
+                .iter()
+                .any(|p| &p.case == n && m.kernels[&p.kernel].spec.starts_with("debian:6.12"))
+        })
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("cases not in the matrix on a Debian 6.12 kernel: {}", missing.join(", ")).into())
     }
 }
 
 fn main() {
     let args = Arguments::from_args();
-    let cases: Vec<(String, PathBuf)> = case::list().expect("cannot list cases/");
-    let mut trials = Vec::new();
-    for (name, path) in cases {
-        for spec in kernels() {
-            let p = path.clone();
-            trials.push(Trial::test(format!("vm::{name}@{spec}"), move || run_trial(&p, &spec)));
+    let path = matrix_path();
+    let m = match matrix::load(&path) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("cannot load {}: {e:#}", path.display());
+            std::process::exit(2);
         }
+    };
+    let kernels: Kernels = Arc::default();
+    let mut trials = Vec::new();
+    let mc = m.clone();
+    trials.push(Trial::test("matrix_covers_every_case", move || coverage(&mc)));
+    for pair in &m.pairs {
+        let (p, spec, ks) = (pair.clone(), m.kernels[&pair.kernel].spec.clone(), kernels.clone());
+        trials.push(Trial::test(format!("vm::{}", pair.id()), move || run_pair(&p, &spec, &ks)));
     }
     libtest_mimic::run(&args, trials).exit();
 }
