@@ -33,15 +33,30 @@ pub fn bench(case: &Case, kernel: &Kernel, opts: &RunOptions, n: usize) -> Resul
             disks: vec![],
             rwdir: tmp.path().to_path_buf(),
             exec: "true".into(),
-            memory: opts.memory.clone().or_else(|| case.vm.memory.clone()).unwrap_or_else(|| "1G".into()),
+            memory: opts
+                .memory
+                .clone()
+                .or_else(|| case.vm.memory.clone())
+                .unwrap_or_else(|| "1G".into()),
             cpus: opts.cpus.or(case.vm.cpus).unwrap_or(2),
             accel: opts.accel,
             root: opts.root.clone(),
         };
         let t = Instant::now();
-        let l = vm::launch(&cfg, tmp.path(), &format!("bare-{i}"), Duration::from_secs(300), &mut || {})?;
+        let l = vm::launch(
+            &cfg,
+            tmp.path(),
+            &format!("bare-{i}"),
+            Duration::from_secs(300),
+            &mut || {},
+        )?;
         if l.end != vm::ProcessEnd::Exited(0) {
-            bail!("bare boot {} ended {:?}: see {}", i + 1, l.end, l.console_log.display());
+            bail!(
+                "bare boot {} ended {:?}: see {}",
+                i + 1,
+                l.end,
+                l.console_log.display()
+            );
         }
         bare.push(t.elapsed().as_secs_f64());
         eprintln!("bare boot {}: {:.1} s", i + 1, bare[i]);
@@ -52,7 +67,11 @@ pub fn bench(case: &Case, kernel: &Kernel, opts: &RunOptions, n: usize) -> Resul
     let verdict = check::evaluate(case, &out);
     Ok(BenchReport {
         bare,
-        boots: out.boots.iter().map(|b| (b.name.clone(), b.seconds)).collect(),
+        boots: out
+            .boots
+            .iter()
+            .map(|b| (b.name.clone(), b.seconds))
+            .collect(),
         total,
         status: verdict.status,
     })
@@ -69,7 +88,10 @@ pub fn render(r: &BenchReport, accel: vm::Accel) -> String {
         r.bare.iter().cloned().fold(0.0, f64::max)
     );
     for (name, secs) in &r.boots {
-        s += &format!("boot {name:<12} {secs:6.1} s  ({:+.1} s over a bare boot: the case's steps)\n", secs - bare);
+        s += &format!(
+            "boot {name:<12} {secs:6.1} s  ({:+.1} s over a bare boot: the case's steps)\n",
+            secs - bare
+        );
     }
     s += &format!(
         "case total     {:6.1} s  (verdict {:?})\nrunner overhead {:5.1} s = {:.1} % of the case (outside the VM processes; goal <= 10 %)\nvs bare boots  {:+.1} % (case total over {} bare boots)\n",

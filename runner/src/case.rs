@@ -102,7 +102,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "KiB" | "K" => 1 << 10,
         "MiB" | "M" => 1 << 20,
         "GiB" | "G" => 1 << 30,
-        u => return Err(format!("size `{s}`: unknown unit `{u}` (use KiB, MiB or GiB)")),
+        u => {
+            return Err(format!(
+                "size `{s}`: unknown unit `{u}` (use KiB, MiB or GiB)"
+            ))
+        }
     };
     if n == 0 {
         return Err(format!("size `{s}` must not be zero"));
@@ -435,8 +439,7 @@ pub fn version_req_matches(req: &str, version: &str) -> Result<bool, String> {
         .iter()
         .find_map(|op| req.strip_prefix(op).map(|r| (*op, r)))
         .unwrap_or(("=", req));
-    let mut want =
-        parse_version(rest).ok_or_else(|| format!("bad version requirement `{req}`"))?;
+    let mut want = parse_version(rest).ok_or_else(|| format!("bad version requirement `{req}`"))?;
     let mut have = parse_version(version).ok_or_else(|| format!("bad version `{version}`"))?;
     let n = want.len().max(have.len());
     want.resize(n, 0);
@@ -573,12 +576,19 @@ impl Case {
             );
         }
         if self.disks.is_empty() {
-            return err("disks".into(), Some("disks".into()), "at least one disk".into());
+            return err(
+                "disks".into(),
+                Some("disks".into()),
+                "at least one disk".into(),
+            );
         }
         let mut disk_names = Vec::new();
         for (i, d) in self.disks.iter().enumerate() {
             if d.name.is_empty()
-                || !d.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                || !d
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
                 || d.name.len() > 20
             {
                 return err(
@@ -597,7 +607,11 @@ impl Case {
             disk_names.push(&d.name);
         }
         if self.boots.is_empty() {
-            return err("boots".into(), Some("boots".into()), "at least one boot".into());
+            return err(
+                "boots".into(),
+                Some("boots".into()),
+                "at least one boot".into(),
+            );
         }
         // Names defined so far (captures and classifications), in execution order.
         let mut defined: Vec<&str> = Vec::new();
@@ -622,23 +636,31 @@ impl Case {
                             .as_ref()
                             .and_then(|r| r.lines().next().map(|l| l.trim().to_string()))
                     });
-                let kinds = [
-                    s.capture.is_some(),
-                    s.classify.is_some(),
-                    s.crash.is_some(),
-                ]
-                .iter()
-                .filter(|x| **x)
-                .count();
+                let kinds = [s.capture.is_some(), s.classify.is_some(), s.crash.is_some()]
+                    .iter()
+                    .filter(|x| **x)
+                    .count();
                 if kinds > 1 {
-                    return err(path, needle, "use only one of `capture`, `classify`, `crash`".into());
+                    return err(
+                        path,
+                        needle,
+                        "use only one of `capture`, `classify`, `crash`".into(),
+                    );
                 }
                 if s.crash.is_some() {
                     if s.run.is_some() || s.expect.is_some() || !s.outcomes.is_empty() {
-                        return err(path, needle, "a `crash` step takes no `run`, `expect` or `outcomes`".into());
+                        return err(
+                            path,
+                            needle,
+                            "a `crash` step takes no `run`, `expect` or `outcomes`".into(),
+                        );
                     }
                     if i + 1 != boot.steps.len() {
-                        return err(path, Some("crash:".into()), "`crash` must be the last step of its boot".into());
+                        return err(
+                            path,
+                            Some("crash:".into()),
+                            "`crash` must be the last step of its boot".into(),
+                        );
                     }
                     if b + 1 == self.boots.len() {
                         return err(path, Some("crash:".into()), "the last boot cannot end in a crash: nothing would look at what it left".into());
@@ -647,24 +669,45 @@ impl Case {
                         return err(path, needle, "a `crash` step cannot be conditional".into());
                     }
                 } else if s.run.as_deref().is_none_or(|r| r.trim().is_empty()) {
-                    return err(path, needle, "a step needs `run` (or is `crash: sysrq-b`)".into());
+                    return err(
+                        path,
+                        needle,
+                        "a step needs `run` (or is `crash: sysrq-b`)".into(),
+                    );
                 }
                 if s.classify.is_some() {
                     if s.outcomes.is_empty() {
                         return err(path, needle, "a `classify` step needs `outcomes`".into());
                     }
                     if s.expect_status.is_some() || s.expect.is_some() {
-                        return err(path, needle, "a `classify` step takes any exit status; use `outcomes`".into());
+                        return err(
+                            path,
+                            needle,
+                            "a `classify` step takes any exit status; use `outcomes`".into(),
+                        );
                     }
                 } else if !s.outcomes.is_empty() {
-                    return err(path, needle, "`outcomes` belongs to a `classify` step".into());
+                    return err(
+                        path,
+                        needle,
+                        "`outcomes` belongs to a `classify` step".into(),
+                    );
                 }
                 if s.expect.is_some() && s.capture.is_none() {
-                    return err(path, needle, "`expect` belongs to a `capture` step (use `expect_match` on stdout)".into());
+                    return err(
+                        path,
+                        needle,
+                        "`expect` belongs to a `capture` step (use `expect_match` on stdout)"
+                            .into(),
+                    );
                 }
                 if let Some(re) = &s.expect_match {
                     if let Err(e) = regex::Regex::new(re) {
-                        return err(path, needle, format!("`expect_match` is not a valid regex: {e}"));
+                        return err(
+                            path,
+                            needle,
+                            format!("`expect_match` is not a valid regex: {e}"),
+                        );
                     }
                 }
                 for c in [&s.when, &s.unless].into_iter().flatten() {
@@ -697,11 +740,19 @@ impl Case {
             .filter(|x| **x)
             .count();
             if kinds != 1 {
-                return err(path, Some("assert".into()), "use exactly one of `equal`, `differ`, `dmesg_contains`, `dmesg_absent`".into());
+                return err(
+                    path,
+                    Some("assert".into()),
+                    "use exactly one of `equal`, `differ`, `dmesg_contains`, `dmesg_absent`".into(),
+                );
             }
             for n in a.equal.iter().chain(a.differ.iter()).flatten() {
                 if !defined.contains(&n.as_str()) {
-                    return err(path, Some(n.clone()), format!("`{n}` is not captured by any step"));
+                    return err(
+                        path,
+                        Some(n.clone()),
+                        format!("`{n}` is not captured by any step"),
+                    );
                 }
             }
             if let Some(bn) = &a.boot {
@@ -712,7 +763,11 @@ impl Case {
             for c in [&a.when, &a.unless].into_iter().flatten() {
                 for k in c.0.keys() {
                     if !defined.contains(&k.as_str()) {
-                        return err(path, Some(k.clone()), format!("condition on `{k}`, which no step captures or classifies"));
+                        return err(
+                            path,
+                            Some(k.clone()),
+                            format!("condition on `{k}`, which no step captures or classifies"),
+                        );
                     }
                 }
             }
@@ -722,7 +777,14 @@ impl Case {
             let path = format!("expect[{i}]");
             for (k, allowed) in &r.classify {
                 if !classes.contains(&k.as_str()) {
-                    return err(path, Some(k.clone()), format!("`{k}` is not a classification of this case (have: {})", classes.join(", ")));
+                    return err(
+                        path,
+                        Some(k.clone()),
+                        format!(
+                            "`{k}` is not a classification of this case (have: {})",
+                            classes.join(", ")
+                        ),
+                    );
                 }
                 let labels: Vec<&str> = self
                     .all_steps()
@@ -732,7 +794,14 @@ impl Case {
                     .collect();
                 for v in allowed.values() {
                     if !labels.contains(&v) {
-                        return err(path, Some(v.to_string()), format!("`{v}` is not an outcome label of `{k}` (have: {})", labels.join(", ")));
+                        return err(
+                            path,
+                            Some(v.to_string()),
+                            format!(
+                                "`{v}` is not an outcome label of `{k}` (have: {})",
+                                labels.join(", ")
+                            ),
+                        );
                     }
                 }
             }
@@ -788,10 +857,22 @@ expect:
         assert_eq!(c.boots.len(), 2);
         assert_eq!(c.boots[0].steps[2].crash, Some(CrashKind::SysrqB));
         assert_eq!(c.classifications(), vec!["pt"]);
-        let new = KernelFacts { release: "6.12".into(), cache_target: Some("2.4.0".into()) };
-        let old = KernelFacts { release: "6.12".into(), cache_target: Some("2.3.0".into()) };
-        assert_eq!(c.expectation_for(&new).unwrap().classify["pt"].values(), vec!["refused"]);
-        assert_eq!(c.expectation_for(&old).unwrap().classify["pt"].values(), vec!["refused", "accepted"]);
+        let new = KernelFacts {
+            release: "6.12".into(),
+            cache_target: Some("2.4.0".into()),
+        };
+        let old = KernelFacts {
+            release: "6.12".into(),
+            cache_target: Some("2.3.0".into()),
+        };
+        assert_eq!(
+            c.expectation_for(&new).unwrap().classify["pt"].values(),
+            vec!["refused"]
+        );
+        assert_eq!(
+            c.expectation_for(&old).unwrap().classify["pt"].values(),
+            vec!["refused", "accepted"]
+        );
     }
 
     fn err_of(text: &str) -> String {
@@ -834,7 +915,10 @@ expect:
     fn undefined_names_rejected() {
         let e = err_of(&GOOD.replace("differ: [dirty, later]", "differ: [dirty, nope]"));
         assert!(e.contains("`nope` is not captured"), "{e}");
-        let e = err_of(&GOOD.replace("when: { pt: accepted }\nassert", "when: { zz: accepted }\nassert"));
+        let e = err_of(&GOOD.replace(
+            "when: { pt: accepted }\nassert",
+            "when: { zz: accepted }\nassert",
+        ));
         assert!(e.contains("condition on `zz`"), "{e}");
         let e = err_of(&GOOD.replace("classify: { pt: refused }", "classify: { pt: refusd }"));
         assert!(e.contains("`refusd` is not an outcome label"), "{e}");
@@ -842,7 +926,10 @@ expect:
 
     #[test]
     fn expect_status_values() {
-        let e = err_of(&GOOD.replace("      - run: \"true\"", "      - run: \"true\"\n        expect_status: sometimes"));
+        let e = err_of(&GOOD.replace(
+            "      - run: \"true\"",
+            "      - run: \"true\"\n        expect_status: sometimes",
+        ));
         assert!(e.contains("expect_status must be"), "{e}");
         assert!(ExpectStatus::Nonzero.accepts(3));
         assert!(!ExpectStatus::Code(0).accepts(1));

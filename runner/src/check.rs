@@ -85,7 +85,10 @@ pub struct Verdict {
 
 fn tail(s: &str, n: usize) -> Vec<String> {
     let v: Vec<&str> = s.lines().collect();
-    v[v.len().saturating_sub(n)..].iter().map(|l| l.to_string()).collect()
+    v[v.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| l.to_string())
+        .collect()
 }
 
 fn assertion_text(a: &Assertion) -> String {
@@ -114,7 +117,11 @@ pub fn evaluate(case: &Case, run: &CaseRun) -> Verdict {
     for (b, boot) in case.boots.iter().enumerate() {
         let Some(out) = run.boots.get(b) else {
             failures.push(Failure {
-                what: format!("boot {} `{}` did not run: an earlier boot went wrong", b + 1, boot.name),
+                what: format!(
+                    "boot {} `{}` did not run: an earlier boot went wrong",
+                    b + 1,
+                    boot.name
+                ),
                 detail: vec![],
             });
             continue;
@@ -123,7 +130,13 @@ pub fn evaluate(case: &Case, run: &CaseRun) -> Verdict {
         let mut steps = Vec::new();
         for (i, step) in boot.steps.iter().enumerate() {
             let sr = rec.steps.get(i).cloned().unwrap_or_default();
-            let where_ = format!("boot {} `{}` step {} `{}`", b + 1, boot.name, i + 1, step.label());
+            let where_ = format!(
+                "boot {} `{}` step {} `{}`",
+                b + 1,
+                boot.name,
+                i + 1,
+                step.label()
+            );
             let enabled = guest::step_enabled(step, &values);
             let mut ok = true;
             if step.crash.is_some() {
@@ -132,7 +145,9 @@ pub fn evaluate(case: &Case, run: &CaseRun) -> Verdict {
                 if !sr.skipped && sr.status.is_some() {
                     ok = false;
                     failures.push(Failure {
-                        what: format!("{where_}: ran in the guest although its condition was false"),
+                        what: format!(
+                            "{where_}: ran in the guest although its condition was false"
+                        ),
                         detail: vec![],
                     });
                 }
@@ -143,7 +158,10 @@ pub fn evaluate(case: &Case, run: &CaseRun) -> Verdict {
                     let label = guest::classify(&step.outcomes, status, &sr.dmesg);
                     if sr.label.as_deref().is_some_and(|g| g != label) {
                         failures.push(Failure {
-                            what: format!("{where_}: the guest classified `{}` but the host `{label}`", sr.label.clone().unwrap_or_default()),
+                            what: format!(
+                                "{where_}: the guest classified `{}` but the host `{label}`",
+                                sr.label.clone().unwrap_or_default()
+                            ),
                             detail: detail.clone(),
                         });
                     }
@@ -153,7 +171,12 @@ pub fn evaluate(case: &Case, run: &CaseRun) -> Verdict {
                         Classification {
                             label,
                             status,
-                            evidence: sr.dmesg.iter().filter(|l| l.contains("device-mapper")).cloned().collect(),
+                            evidence: sr
+                                .dmesg
+                                .iter()
+                                .filter(|l| l.contains("device-mapper"))
+                                .cloned()
+                                .collect(),
                         },
                     );
                 } else {
@@ -180,7 +203,9 @@ pub fn evaluate(case: &Case, run: &CaseRun) -> Verdict {
                         captures.insert(name.clone(), v);
                     }
                     if let Some(re) = &step.expect_match {
-                        let m = regex::Regex::new(re).map(|r| r.is_match(&sr.stdout)).unwrap_or(false);
+                        let m = regex::Regex::new(re)
+                            .map(|r| r.is_match(&sr.stdout))
+                            .unwrap_or(false);
                         if !m {
                             ok = false;
                             failures.push(Failure {
@@ -200,7 +225,9 @@ pub fn evaluate(case: &Case, run: &CaseRun) -> Verdict {
                 ok = false;
                 // Only the first unfinished step of a boot is worth a line.
                 if !matches!(out.end, BootEnd::Aborted(_))
-                    && steps.iter().all(|s: &StepSummary| s.status.is_some() || s.skipped)
+                    && steps
+                        .iter()
+                        .all(|s: &StepSummary| s.status.is_some() || s.skipped)
                 {
                     failures.push(Failure {
                         what: format!("{where_}: never finished (boot {})", out.end.describe()),
@@ -218,7 +245,19 @@ pub fn evaluate(case: &Case, run: &CaseRun) -> Verdict {
         }
         match &out.end {
             BootEnd::Infra(m) | BootEnd::GuestError(m) => infra.push(Failure {
-                what: format!("boot {} `{}`: {}", b + 1, boot.name, if matches!(out.end, BootEnd::Infra(_)) { format!("infrastructure failure after {} attempts: {m}", out.attempts) } else { m.clone() }),
+                what: format!(
+                    "boot {} `{}`: {}",
+                    b + 1,
+                    boot.name,
+                    if matches!(out.end, BootEnd::Infra(_)) {
+                        format!(
+                            "infrastructure failure after {} attempts: {m}",
+                            out.attempts
+                        )
+                    } else {
+                        m.clone()
+                    }
+                ),
                 detail: tail(&out.console, 12),
             }),
             BootEnd::Panic(p) => failures.push(Failure {
@@ -226,14 +265,26 @@ pub fn evaluate(case: &Case, run: &CaseRun) -> Verdict {
                 detail: crate::console::context(&out.console, p, 20, 3),
             }),
             BootEnd::Hang => failures.push(Failure {
-                what: format!("boot {} `{}`: hang — still running at the timeout ({:.0} s)", b + 1, boot.name, out.seconds),
+                what: format!(
+                    "boot {} `{}`: hang — still running at the timeout ({:.0} s)",
+                    b + 1,
+                    boot.name,
+                    out.seconds
+                ),
                 detail: tail(&out.console, 12),
             }),
             BootEnd::Died(m) => failures.push(Failure {
-                what: format!("boot {} `{}`: the VM ended unexpectedly ({m})", b + 1, boot.name),
+                what: format!(
+                    "boot {} `{}`: the VM ended unexpectedly ({m})",
+                    b + 1,
+                    boot.name
+                ),
                 detail: tail(&out.console, 12),
             }),
-            BootEnd::Interrupted => infra.push(Failure { what: "interrupted".into(), detail: vec![] }),
+            BootEnd::Interrupted => infra.push(Failure {
+                what: "interrupted".into(),
+                detail: vec![],
+            }),
             BootEnd::Exited | BootEnd::Reset | BootEnd::Aborted(_) => {}
         }
         for s in &out.scan.splats {
@@ -265,7 +316,10 @@ pub fn evaluate(case: &Case, run: &CaseRun) -> Verdict {
             .join("\n")
     };
     let boots_ok = run.boots.len() == case.boots.len()
-        && run.boots.iter().all(|o| matches!(o.end, BootEnd::Exited | BootEnd::Reset));
+        && run
+            .boots
+            .iter()
+            .all(|o| matches!(o.end, BootEnd::Exited | BootEnd::Reset));
     for a in &case.assert {
         let missing = a
             .equal
@@ -286,15 +340,27 @@ pub fn evaluate(case: &Case, run: &CaseRun) -> Verdict {
             match (get(x), get(y)) {
                 (Some(vx), Some(vy)) => {
                     let same = vx == vy;
-                    (if a.equal.is_some() { same } else { !same }, vec![format!("{x} = {vx}"), format!("{y} = {vy}")])
+                    (
+                        if a.equal.is_some() { same } else { !same },
+                        vec![format!("{x} = {vx}"), format!("{y} = {vy}")],
+                    )
                 }
-                (vx, vy) => (false, vec![format!("{x} = {}", vx.unwrap_or_else(|| "(not captured)".into())), format!("{y} = {}", vy.unwrap_or_else(|| "(not captured)".into()))]),
+                (vx, vy) => (
+                    false,
+                    vec![
+                        format!("{x} = {}", vx.unwrap_or_else(|| "(not captured)".into())),
+                        format!("{y} = {}", vy.unwrap_or_else(|| "(not captured)".into())),
+                    ],
+                ),
             }
         } else if let Some(m) = &a.dmesg_contains {
             (all_log(a.boot.as_deref()).contains(m.as_str()), vec![])
         } else if let Some(m) = &a.dmesg_absent {
             let log = all_log(a.boot.as_deref());
-            (!log.contains(m.as_str()), crate::console::context(&log, m, 1, 1))
+            (
+                !log.contains(m.as_str()),
+                crate::console::context(&log, m, 1, 1),
+            )
         } else {
             (true, vec![])
         };
@@ -308,7 +374,12 @@ pub fn evaluate(case: &Case, run: &CaseRun) -> Verdict {
     }
 
     // The outcome this kernel is expected to give.
-    let last_rec = run.boots.iter().rev().map(|o| &o.record).find(|r| r.release.is_some());
+    let last_rec = run
+        .boots
+        .iter()
+        .rev()
+        .map(|o| &o.record)
+        .find(|r| r.release.is_some());
     let facts = KernelFacts {
         release: last_rec.and_then(|r| r.release.clone()).unwrap_or_default(),
         cache_target: last_rec.and_then(|r| r.cache_target()),

@@ -97,7 +97,10 @@ mod tests {
         let log = "[ 1.0] BUG: kernel NULL pointer dereference, address: 0000000000000008\n[ 1.1] Oops: 0000 [#1] PREEMPT SMP NOPTI\n[ 1.2] Call Trace:\n[ 2.0] Kernel panic - not syncing: Fatal exception\n";
         let s = scan(log);
         assert_eq!(s.splats.len(), 2);
-        assert_eq!(s.panic.as_deref(), Some("Kernel panic - not syncing: Fatal exception"));
+        assert_eq!(
+            s.panic.as_deref(),
+            Some("Kernel panic - not syncing: Fatal exception")
+        );
         assert!(!s.sysrq_reset);
     }
 

@@ -12,18 +12,78 @@ struct Check {
 }
 
 const CHECKS: &[Check] = &[
-    Check { what: "virtme-ng (vng)", cmd: "vng", args: &["--version"], fix: "pip install virtme-ng==1.42" },
-    Check { what: "QEMU", cmd: "qemu-system-x86_64", args: &["--version"], fix: "apt-get install qemu-system-x86" },
-    Check { what: "dmsetup (guest)", cmd: "dmsetup", args: &["--version"], fix: "apt-get install dmsetup" },
-    Check { what: "fio (guest)", cmd: "fio", args: &["--version"], fix: "apt-get install fio" },
-    Check { what: "cache_check (guest)", cmd: "cache_check", args: &["-V"], fix: "apt-get install thin-provisioning-tools" },
-    Check { what: "cache_dump (guest)", cmd: "cache_dump", args: &["-V"], fix: "apt-get install thin-provisioning-tools" },
-    Check { what: "modprobe (guest)", cmd: "modprobe", args: &["--version"], fix: "apt-get install kmod" },
-    Check { what: "udevadm (guest)", cmd: "udevadm", args: &["--version"], fix: "apt-get install udev" },
-    Check { what: "coreutils timeout/md5sum (guest)", cmd: "timeout", args: &["--version"], fix: "apt-get install coreutils" },
-    Check { what: "dmesg (guest)", cmd: "dmesg", args: &["--version"], fix: "apt-get install util-linux" },
-    Check { what: "apt-get download (debian: kernels)", cmd: "apt-get", args: &["--version"], fix: "use a Debian/Ubuntu host, or pass --kernel PATH" },
-    Check { what: "dpkg-deb (debian: kernels)", cmd: "dpkg-deb", args: &["--version"], fix: "apt-get install dpkg" },
+    Check {
+        what: "virtme-ng (vng)",
+        cmd: "vng",
+        args: &["--version"],
+        fix: "pip install virtme-ng==1.42",
+    },
+    Check {
+        what: "QEMU",
+        cmd: "qemu-system-x86_64",
+        args: &["--version"],
+        fix: "apt-get install qemu-system-x86",
+    },
+    Check {
+        what: "dmsetup (guest)",
+        cmd: "dmsetup",
+        args: &["--version"],
+        fix: "apt-get install dmsetup",
+    },
+    Check {
+        what: "fio (guest)",
+        cmd: "fio",
+        args: &["--version"],
+        fix: "apt-get install fio",
+    },
+    Check {
+        what: "cache_check (guest)",
+        cmd: "cache_check",
+        args: &["-V"],
+        fix: "apt-get install thin-provisioning-tools",
+    },
+    Check {
+        what: "cache_dump (guest)",
+        cmd: "cache_dump",
+        args: &["-V"],
+        fix: "apt-get install thin-provisioning-tools",
+    },
+    Check {
+        what: "modprobe (guest)",
+        cmd: "modprobe",
+        args: &["--version"],
+        fix: "apt-get install kmod",
+    },
+    Check {
+        what: "udevadm (guest)",
+        cmd: "udevadm",
+        args: &["--version"],
+        fix: "apt-get install udev",
+    },
+    Check {
+        what: "coreutils timeout/md5sum (guest)",
+        cmd: "timeout",
+        args: &["--version"],
+        fix: "apt-get install coreutils",
+    },
+    Check {
+        what: "dmesg (guest)",
+        cmd: "dmesg",
+        args: &["--version"],
+        fix: "apt-get install util-linux",
+    },
+    Check {
+        what: "apt-get download (debian: kernels)",
+        cmd: "apt-get",
+        args: &["--version"],
+        fix: "use a Debian/Ubuntu host, or pass --kernel PATH",
+    },
+    Check {
+        what: "dpkg-deb (debian: kernels)",
+        cmd: "dpkg-deb",
+        args: &["--version"],
+        fix: "apt-get install dpkg",
+    },
 ];
 
 /// Prints one line per check; returns the exit code (0 all good, 2 something missing).

@@ -139,10 +139,7 @@ pub fn render_script(
             s.push_str(&classify_sh(name, &step.outcomes, &dir));
         } else {
             let ok = status_test("st", step.expect_status.unwrap_or(ExpectStatus::Code(0)));
-            let _ = writeln!(
-                s,
-                "{indent}{ok} || dmt_abort \"{dir}\" \"exit status $st\""
-            );
+            let _ = writeln!(s, "{indent}{ok} || dmt_abort \"{dir}\" \"exit status $st\"");
             if let (Some(name), Some(want)) = (&step.capture, &step.expect) {
                 let _ = writeln!(
                     s,
@@ -302,7 +299,10 @@ pub fn read_boot(results: &Path, b: usize, nsteps: usize) -> BootRecord {
     for i in 0..nsteps {
         let sd = dir.join(step_dir_name(i));
         let seconds = read_opt(&sd.join("time")).and_then(|t| {
-            let v: Vec<f64> = t.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+            let v: Vec<f64> = t
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
             (v.len() == 2).then(|| v[1] - v[0])
         });
         rec.steps.push(StepRecord {
@@ -391,7 +391,10 @@ boots:
         let s2 = render_script(&c, 1, Path::new("/res"), &carried);
         assert!(s2.contains("v='x y'; export v"));
         assert!(s2.contains(r#"if [ "$st" -ne 0 ] && grep -qF -e 'can'\''t' "$R/step-1/dmesg"; then pt='refused: x'"#), "{s2}");
-        assert!(s2.contains(r#"if { [ "${pt-}" = 'accepted' ]; }; then"#), "{s2}");
+        assert!(
+            s2.contains(r#"if { [ "${pt-}" = 'accepted' ]; }; then"#),
+            "{s2}"
+        );
     }
 
     /// The generated script is valid sh and the protocol round-trips through a real shell
@@ -427,7 +430,10 @@ boots:
             .replace("$(dmt_disk sdc)", "/dev/null")
             .replace("export PATH=", &format!("export PATH={}:", bin.display()));
         std::fs::write(&script, text).unwrap();
-        let out = std::process::Command::new("sh").arg(&script).output().unwrap();
+        let out = std::process::Command::new("sh")
+            .arg(&script)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{out:?}");
         let rec = read_boot(res, 1, 2);
         assert!(rec.started && rec.done, "{rec:?}");
@@ -436,7 +442,10 @@ boots:
         assert_eq!(rec.steps[0].status, Some(1));
         assert_eq!(rec.steps[0].label.as_deref(), Some("refused: x"));
         // host-side classification agrees with the guest's
-        assert_eq!(classify(&c.boots[1].steps[0].outcomes, 1, &rec.steps[0].dmesg), "refused: x");
+        assert_eq!(
+            classify(&c.boots[1].steps[0].outcomes, 1, &rec.steps[0].dmesg),
+            "refused: x"
+        );
         assert!(rec.steps[1].skipped);
     }
 

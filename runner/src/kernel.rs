@@ -15,7 +15,10 @@ pub const DEFAULT_SPEC: &str = "debian:6.12";
 pub enum KernelSpec {
     /// A kernel image, optionally with the directory holding `lib/modules/RELEASE` (or the
     /// `RELEASE` modules dir itself).
-    Image { image: PathBuf, modules: Option<PathBuf> },
+    Image {
+        image: PathBuf,
+        modules: Option<PathBuf>,
+    },
     /// A directory with `boot/vmlinuz-*` (and `lib/modules/*`), e.g. an unpacked .deb.
     Dir(PathBuf),
     /// `debian:6.12.117+deb12`, `debian:6.1.0-56`, or a series `debian:6.12` (newest).
@@ -42,7 +45,11 @@ impl KernelSpec {
             });
         }
         if let Some(v) = s.strip_prefix("debian:") {
-            if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || ".+-~".contains(c)) {
+            if v.is_empty()
+                || !v
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".+-~".contains(c))
+            {
                 bail!("`{s}`: write debian:VERSION, e.g. debian:6.12.117+deb12, debian:6.1.0-56 or debian:6.12");
             }
             return Ok(KernelSpec::Debian(v.to_string()));
@@ -57,7 +64,10 @@ impl KernelSpec {
         if p.is_dir() {
             Ok(KernelSpec::Dir(p))
         } else if p.exists() {
-            Ok(KernelSpec::Image { image: p, modules: None })
+            Ok(KernelSpec::Image {
+                image: p,
+                modules: None,
+            })
         } else {
             bail!("kernel `{s}` does not exist (give a bzImage path, a directory with boot/vmlinuz-*, debian:VERSION or build:SRC[,PATCH…])")
         }
@@ -205,7 +215,11 @@ fn from_dir(dir: &Path, label: &str) -> Result<Kernel> {
     let config = boot.join(format!("config-{release}"));
     let moddir = dir.join("lib/modules").join(&release);
     let config = config.exists().then_some(config);
-    let dm_cache = dm_cache_support(config.as_deref(), moddir.exists().then_some(&moddir), &image)?;
+    let dm_cache = dm_cache_support(
+        config.as_deref(),
+        moddir.exists().then_some(&moddir),
+        &image,
+    )?;
     Ok(Kernel {
         spec: label.into(),
         image,
@@ -237,7 +251,10 @@ fn from_image(image: &Path, modules: Option<&Path>, label: &str) -> Result<Kerne
         std::fs::create_dir_all(layout.join("lib/modules"))?;
         let img_link = layout.join("boot").join(format!("vmlinuz-{release}"));
         let mod_link = layout.join("lib/modules").join(&release);
-        for (link, target) in [(&img_link, image.canonicalize()?), (&mod_link, moddir.canonicalize()?)] {
+        for (link, target) in [
+            (&img_link, image.canonicalize()?),
+            (&mod_link, moddir.canonicalize()?),
+        ] {
             let _ = std::fs::remove_file(link);
             std::os::unix::fs::symlink(&target, link)
                 .with_context(|| format!("cannot link {}", link.display()))?;
@@ -250,13 +267,20 @@ fn from_image(image: &Path, modules: Option<&Path>, label: &str) -> Result<Kerne
         .nth(4)
         .map(|t| t.join(".config"))
         .filter(|c| c.exists() && image.ends_with("arch/x86/boot/bzImage"));
-    let side_config = image.with_file_name("config").exists().then(|| image.with_file_name("config"));
+    let side_config = image
+        .with_file_name("config")
+        .exists()
+        .then(|| image.with_file_name("config"));
     let config = side_config.or(tree_config);
     let dm_cache = dm_cache_support(config.as_deref(), None, image)?;
-    if config.as_deref().is_some_and(|c| {
-        std::fs::read_to_string(c).is_ok_and(|t| config_dm_cache(&t) == Some('m'))
-    }) {
-        bail!("{} has dm-cache as a module: add `,modules=DIR`", image.display());
+    if config
+        .as_deref()
+        .is_some_and(|c| std::fs::read_to_string(c).is_ok_and(|t| config_dm_cache(&t) == Some('m')))
+    {
+        bail!(
+            "{} has dm-cache as a module: add `,modules=DIR`",
+            image.display()
+        );
     }
     Ok(Kernel {
         spec: label.into(),
@@ -381,13 +405,21 @@ mod tests {
         );
         assert_eq!(
             KernelSpec::parse("build:debian:6.12,a.patch,b.patch").unwrap(),
-            KernelSpec::Build { src: "debian:6.12".into(), patches: vec!["a.patch".into(), "b.patch".into()] }
+            KernelSpec::Build {
+                src: "debian:6.12".into(),
+                patches: vec!["a.patch".into(), "b.patch".into()]
+            }
         );
         assert!(KernelSpec::parse("debian:").is_err());
         assert!(KernelSpec::parse("build:").is_err());
-        let e = KernelSpec::parse("/nonexistent/bzImage").unwrap_err().to_string();
+        let e = KernelSpec::parse("/nonexistent/bzImage")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("does not exist"), "{e}");
-        assert!(matches!(KernelSpec::parse("/tmp").unwrap(), KernelSpec::Dir(_)));
+        assert!(matches!(
+            KernelSpec::parse("/tmp").unwrap(),
+            KernelSpec::Dir(_)
+        ));
     }
 
     #[test]
@@ -403,7 +435,10 @@ mod tests {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        assert_eq!(newest_in_series(&names, "6.12").as_deref(), Some("6.12.117+deb12"));
+        assert_eq!(
+            newest_in_series(&names, "6.12").as_deref(),
+            Some("6.12.117+deb12")
+        );
         assert_eq!(newest_in_series(&names, "6.1").as_deref(), Some("6.1.0-56"));
         assert_eq!(newest_in_series(&names, "5.10"), None);
         assert!(is_series("6.12") && !is_series("6.1.0-56"));
@@ -416,7 +451,10 @@ mod tests {
         img[0x20e..0x210].copy_from_slice(&0x100u16.to_le_bytes());
         img[0x300..0x300 + 20].copy_from_slice(b"6.12.117+deb12-amd64");
         img[0x314] = b' ';
-        assert_eq!(bzimage_release(&img).as_deref(), Some("6.12.117+deb12-amd64"));
+        assert_eq!(
+            bzimage_release(&img).as_deref(),
+            Some("6.12.117+deb12-amd64")
+        );
         assert_eq!(bzimage_release(b"not a kernel"), None);
     }
 
@@ -430,12 +468,17 @@ mod tests {
 
     #[test]
     fn dm_cache_config() {
-        assert_eq!(config_dm_cache("CONFIG_X=y\nCONFIG_DM_CACHE=m\n"), Some('m'));
+        assert_eq!(
+            config_dm_cache("CONFIG_X=y\nCONFIG_DM_CACHE=m\n"),
+            Some('m')
+        );
         assert_eq!(config_dm_cache("# CONFIG_DM_CACHE is not set\n"), None);
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("config");
         std::fs::write(&cfg, "# CONFIG_DM_CACHE is not set\n").unwrap();
-        let e = dm_cache_support(Some(&cfg), None, Path::new("k")).unwrap_err().to_string();
+        let e = dm_cache_support(Some(&cfg), None, Path::new("k"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("has no dm-cache"), "{e}");
     }
 }

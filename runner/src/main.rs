@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "dmcache-vmtest", version, about = "Prove on real kernels in real VMs whether a dm-cache change keeps data safe")]
+#[command(
+    name = "dmcache-vmtest",
+    version,
+    about = "Prove on real kernels in real VMs whether a dm-cache change keeps data safe"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -123,7 +127,9 @@ fn dispatch(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
-        Cmd::Kernel { cmd: KernelCmd::Fetch { spec } } => {
+        Cmd::Kernel {
+            cmd: KernelCmd::Fetch { spec },
+        } => {
             let k = resolve_kernel(&spec)?;
             println!("{}", k.image.display());
             eprintln!(
@@ -144,20 +150,31 @@ fn dispatch(cli: Cli) -> Result<i32> {
             print!("{}", dmcache_vmtest::bench::render(&r?, opts.accel));
             Ok(0)
         }
-        Cmd::Matrix { file, jobs, repeat, junit, summary, json, keep, timeout } => {
+        Cmd::Matrix {
+            file,
+            jobs,
+            repeat,
+            junit,
+            summary,
+            json,
+            keep,
+            timeout,
+        } => {
             let m = dmcache_vmtest::matrix::load(&file)?;
             let mut opts = run::RunOptions::new(vm::Accel::Tcg);
             opts.keep = keep;
             opts.timeout = Duration::from_secs(timeout);
             let jobs = jobs.unwrap_or_else(dmcache_vmtest::matrix::default_jobs);
             let ui = report::MultiUi::new();
-            let results = dmcache_vmtest::matrix::run(&m, jobs, repeat, &opts, &|l, e| ui.event(l, e));
+            let results =
+                dmcache_vmtest::matrix::run(&m, jobs, repeat, &opts, &|l, e| ui.event(l, e));
             ui.finish();
             let results = results?;
             print!("{}", report::matrix_table(&results));
             let write = |p: &Option<PathBuf>, text: String| -> Result<()> {
                 if let Some(p) = p {
-                    std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display()))?;
+                    std::fs::write(p, text)
+                        .with_context(|| format!("cannot write {}", p.display()))?;
                 }
                 Ok(())
             };
@@ -166,7 +183,10 @@ fn dispatch(cli: Cli) -> Result<i32> {
             write(&json, report::to_json(&results))?;
             let bad = results.iter().filter(|r| !r.ok()).count();
             if bad > 0 {
-                eprintln!("{bad} of {} pairs differ from their expected outcome", results.len());
+                eprintln!(
+                    "{bad} of {} pairs differ from their expected outcome",
+                    results.len()
+                );
                 Ok(1)
             } else {
                 println!("all {} pairs as expected", results.len());

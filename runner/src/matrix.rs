@@ -75,7 +75,12 @@ pub fn parse(text: &str, file: &str) -> Result<Matrix, CaseError> {
             Some(i) if loc.is_some() => msg[..i].to_string(),
             _ => msg,
         };
-        CaseError { file: file.into(), line: loc.as_ref().map(|l| l.line()), col: loc.as_ref().map(|l| l.column()), msg }
+        CaseError {
+            file: file.into(),
+            line: loc.as_ref().map(|l| l.line()),
+            col: loc.as_ref().map(|l| l.column()),
+            msg,
+        }
     })?;
     let line_of = |needle: &str| text.lines().position(|l| l.contains(needle)).map(|i| i + 1);
     for (i, p) in m.pairs.iter().enumerate() {
@@ -84,7 +89,10 @@ pub fn parse(text: &str, file: &str) -> Result<Matrix, CaseError> {
                 file: file.into(),
                 line: line_of(&format!("kernel: {}", p.kernel)),
                 col: None,
-                msg: format!("pairs[{i}]: kernel `{}` is not defined under `kernels:`", p.kernel),
+                msg: format!(
+                    "pairs[{i}]: kernel `{}` is not defined under `kernels:`",
+                    p.kernel
+                ),
             });
         }
     }
@@ -92,7 +100,8 @@ pub fn parse(text: &str, file: &str) -> Result<Matrix, CaseError> {
 }
 
 pub fn load(path: &Path) -> Result<Matrix> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let m = parse(&text, &path.display().to_string())?;
     for p in &m.pairs {
         case::find(&p.case).with_context(|| format!("{}: pair {}", path.display(), p.id()))?;
@@ -106,17 +115,28 @@ pub fn judge(pair: &Pair, v: &Verdict) -> Vec<String> {
     match (pair.verdict, v.status) {
         (_, Status::Infra) => out.push(format!(
             "could not run: {}",
-            v.failures.first().map(|f| f.what.as_str()).unwrap_or("infrastructure failure")
+            v.failures
+                .first()
+                .map(|f| f.what.as_str())
+                .unwrap_or("infrastructure failure")
         )),
         (VerdictExpect::Pass, Status::Fail) => out.push(format!(
             "expected PASS, got FAIL: {}",
-            v.failures.iter().map(|f| f.what.as_str()).collect::<Vec<_>>().join("; ")
+            v.failures
+                .iter()
+                .map(|f| f.what.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
         )),
         (VerdictExpect::Fail, Status::Pass) => out.push("expected FAIL, got PASS".into()),
         _ => {}
     }
     for (name, want) in &pair.classify {
-        let got = v.classifications.get(name).map(|c| c.label.as_str()).unwrap_or("(not classified)");
+        let got = v
+            .classifications
+            .get(name)
+            .map(|c| c.label.as_str())
+            .unwrap_or("(not classified)");
         if got != want {
             out.push(format!("{name}: expected `{want}`, got `{got}`"));
         }
@@ -137,7 +157,11 @@ pub fn judge(pair: &Pair, v: &Verdict) -> Vec<String> {
 
 /// A short description of what a verdict says, for tables.
 pub fn describe(v: &Verdict) -> String {
-    let labels: Vec<String> = v.classifications.values().map(|c| c.label.clone()).collect();
+    let labels: Vec<String> = v
+        .classifications
+        .values()
+        .map(|c| c.label.clone())
+        .collect();
     let status = match v.status {
         Status::Pass => "PASS",
         Status::Fail => "FAIL",
@@ -185,7 +209,9 @@ impl PairResult {
 
 /// Default parallelism: one VM per core, at most one per 2 GiB of memory.
 pub fn default_jobs() -> usize {
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let mem_gib = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {
@@ -215,9 +241,12 @@ pub fn run(
             continue;
         }
         ui(&format!("kernel {name}"), None);
-        let spec = crate::kernel::KernelSpec::parse(&k.spec).with_context(|| format!("kernel {name}"))?;
-        let resolved = crate::kernel::resolve(&spec, &k.spec, &mut |msg| ui(&format!("kernel {name}: {msg}"), None))
-            .with_context(|| format!("kernel {name} ({})", k.spec))?;
+        let spec =
+            crate::kernel::KernelSpec::parse(&k.spec).with_context(|| format!("kernel {name}"))?;
+        let resolved = crate::kernel::resolve(&spec, &k.spec, &mut |msg| {
+            ui(&format!("kernel {name}: {msg}"), None)
+        })
+        .with_context(|| format!("kernel {name} ({})", k.spec))?;
         let (accel, notice) = match base.accel_override {
             Some(a) => (a, None),
             None => crate::vm::choose_accel(&resolved.image)?,
@@ -241,12 +270,16 @@ pub fn run(
     let results: Mutex<Vec<Vec<Option<Verdict>>>> =
         Mutex::new(vec![vec![None; repeat.max(1)]; m.pairs.len()]);
     let errors: Mutex<Vec<String>> = Mutex::new(Vec::new());
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let per_vm_cpus = (cpus / jobs.max(1)).max(1) as u32;
     std::thread::scope(|s| {
         for _ in 0..jobs.max(1) {
             s.spawn(|| loop {
-                let Some((i, r)) = queue.lock().unwrap().pop() else { break };
+                let Some((i, r)) = queue.lock().unwrap().pop() else {
+                    break;
+                };
                 if crate::vm::INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
                     break;
                 }
@@ -256,7 +289,11 @@ pub fn run(
                 let mut opts = base.clone();
                 opts.accel = *accel;
                 opts.cpus = opts.cpus.or(Some(per_vm_cpus));
-                let label = if repeat > 1 { format!("{} #{}", pair.id(), r + 1) } else { pair.id() };
+                let label = if repeat > 1 {
+                    format!("{} #{}", pair.id(), r + 1)
+                } else {
+                    pair.id()
+                };
                 match crate::run::run_case(case, kernel, &opts, &mut |e| ui(&label, Some(e))) {
                     Ok(out) => {
                         let v = crate::check::evaluate(case, &out);
@@ -272,8 +309,7 @@ pub fn run(
     if let Some(e) = errors.first() {
         anyhow::bail!("{e}");
     }
-    Ok(m
-        .pairs
+    Ok(m.pairs
         .iter()
         .zip(results.into_inner().unwrap())
         .map(|(p, runs)| {
@@ -307,9 +343,13 @@ pairs:
     fn parse_and_reject_unknown_kernel() {
         let m = parse(M, "m.yaml").unwrap();
         assert_eq!(m.pairs[0].id(), "unclean_passthrough@k1");
-        let e = parse(&M.replace("kernel: k1", "kernel: k2"), "m.yaml").unwrap_err().to_string();
+        let e = parse(&M.replace("kernel: k1", "kernel: k2"), "m.yaml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("kernel `k2` is not defined"), "{e}");
-        let e = parse(&M.replace("verdict: pass", "verdict: maybe"), "m.yaml").unwrap_err().to_string();
+        let e = parse(&M.replace("verdict: pass", "verdict: maybe"), "m.yaml")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("m.yaml:9:"), "{e}");
     }
 }

@@ -50,17 +50,29 @@ impl Progress {
 
     pub fn event(&mut self, e: Event) {
         match e {
-            Event::BootStart { boot, boots, name, attempt } => {
+            Event::BootStart {
+                boot,
+                boots,
+                name,
+                attempt,
+            } => {
                 self.boot = format!("boot {}/{} {name}", boot + 1, boots);
                 let retry = if attempt > 1 { " (retry)" } else { "" };
-                self.bar.set_message(format!("{}{retry}: booting", self.boot));
+                self.bar
+                    .set_message(format!("{}{retry}: booting", self.boot));
             }
-            Event::Step { step, steps, label, .. } => {
+            Event::Step {
+                step, steps, label, ..
+            } => {
                 self.bar
                     .set_message(format!("{}: step {}/{steps} {label}", self.boot, step + 1));
             }
             Event::BootEnd { end, seconds, .. } => {
-                let mark = if matches!(end, BootEnd::Exited | BootEnd::Reset) { "✓" } else { "✗" };
+                let mark = if matches!(end, BootEnd::Exited | BootEnd::Reset) {
+                    "✓"
+                } else {
+                    "✗"
+                };
                 self.bar.println(format!(
                     "{mark} {} {}: {} ({seconds:.1} s)",
                     self.prefix,
@@ -93,33 +105,52 @@ pub fn render(v: &Verdict, verbose: bool) -> String {
         s,
         "  kernel release {}   dm-cache target {}   accel {:?}",
         v.release.as_deref().unwrap_or("?"),
-        v.cache_target.as_deref().map(|t| format!("v{t}")).unwrap_or_else(|| "?".into()),
+        v.cache_target
+            .as_deref()
+            .map(|t| format!("v{t}"))
+            .unwrap_or_else(|| "?".into()),
         v.accel
     );
     for (i, b) in v.boots.iter().enumerate() {
-        let retry = if b.attempts > 1 { format!(", {} attempts", b.attempts) } else { String::new() };
-        let _ = writeln!(s, "  boot {} {}: {} ({:.1} s{retry})", i + 1, b.name, b.end.describe(), b.seconds);
+        let retry = if b.attempts > 1 {
+            format!(", {} attempts", b.attempts)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            s,
+            "  boot {} {}: {} ({:.1} s{retry})",
+            i + 1,
+            b.name,
+            b.end.describe(),
+            b.seconds
+        );
         for (j, st) in b.steps.iter().enumerate() {
             if st.skipped && !verbose {
                 continue;
             }
-            let mark = if st.skipped {
-                "-"
-            } else if st.ok && st.status.is_some() {
-                "✓"
-            } else if st.ok {
-                "✓"
-            } else {
-                "✗"
+            let mark = match (st.skipped, st.ok) {
+                (true, _) => "-",
+                (false, true) => "✓",
+                (false, false) => "✗",
             };
-            let time = st.seconds.map(|t| format!("{t:>6.2} s")).unwrap_or_else(|| "      ".into());
+            let time = st
+                .seconds
+                .map(|t| format!("{t:>6.2} s"))
+                .unwrap_or_else(|| "      ".into());
             let status = match (st.skipped, st.status) {
                 (true, _) => "skipped".to_string(),
                 (_, Some(c)) => format!("rc={c}"),
                 (_, None) if st.ok => String::new(),
                 _ => "not run".into(),
             };
-            let _ = writeln!(s, "    {mark} {:>2} {time} {:<8} {}", j + 1, status, st.label);
+            let _ = writeln!(
+                s,
+                "    {mark} {:>2} {time} {:<8} {}",
+                j + 1,
+                status,
+                st.label
+            );
         }
     }
     for (name, c) in &v.classifications {
@@ -155,7 +186,13 @@ pub fn render(v: &Verdict, verbose: bool) -> String {
     if let Some(w) = &v.workdir {
         let _ = writeln!(s, "  kept: {w} (disks/, results/, logs/*.console.log)");
     }
-    let _ = writeln!(s, "{}: {} ({:.1} s)", status_word(v.status), v.case, v.seconds);
+    let _ = writeln!(
+        s,
+        "{}: {} ({:.1} s)",
+        status_word(v.status),
+        v.case,
+        v.seconds
+    );
     s
 }
 
@@ -171,7 +208,9 @@ pub fn matrix_markdown(results: &[crate::matrix::PairResult]) -> String {
     for r in results {
         let (lo, med, hi) = r.durations();
         let v = r.runs.first();
-        let result = v.map(crate::matrix::describe).unwrap_or_else(|| "not run".into());
+        let result = v
+            .map(crate::matrix::describe)
+            .unwrap_or_else(|| "not run".into());
         let mark = if !r.ok() {
             "❌ mismatch"
         } else if r.flaky() {
@@ -232,7 +271,11 @@ pub fn matrix_junit(results: &[crate::matrix::PairResult]) -> String {
                 st.set_description(render(v, true));
                 st
             };
-            let name = if r.runs.len() > 1 { format!("{} #{}", r.pair.id(), i + 1) } else { r.pair.id() };
+            let name = if r.runs.len() > 1 {
+                format!("{} #{}", r.pair.id(), i + 1)
+            } else {
+                r.pair.id()
+            };
             let mut tc = TestCase::new(name, status);
             tc.set_classname(format!("{}.{}", r.pair.kernel, r.pair.case));
             tc.set_time(Duration::from_secs_f64(v.seconds));
@@ -240,8 +283,14 @@ pub fn matrix_junit(results: &[crate::matrix::PairResult]) -> String {
                 tc.set_system_out(render(v, false));
             }
             tc.add_property(quick_junit::Property::new("kernel", r.spec.clone()));
-            tc.add_property(quick_junit::Property::new("release", v.release.clone().unwrap_or_default()));
-            tc.add_property(quick_junit::Property::new("cache_target", v.cache_target.clone().unwrap_or_default()));
+            tc.add_property(quick_junit::Property::new(
+                "release",
+                v.release.clone().unwrap_or_default(),
+            ));
+            tc.add_property(quick_junit::Property::new(
+                "cache_target",
+                v.cache_target.clone().unwrap_or_default(),
+            ));
             tc.add_property(quick_junit::Property::new("outcome", describe_short(v)));
             suite.add_test_case(tc);
         }
@@ -252,7 +301,9 @@ pub fn matrix_junit(results: &[crate::matrix::PairResult]) -> String {
         }
     }
     report.add_test_suite(suite);
-    report.to_string().unwrap_or_else(|e| format!("<!-- junit error: {e} -->"))
+    report
+        .to_string()
+        .unwrap_or_else(|e| format!("<!-- junit error: {e} -->"))
 }
 
 fn describe_short(v: &Verdict) -> String {
@@ -262,12 +313,30 @@ fn describe_short(v: &Verdict) -> String {
 /// The matrix for a terminal.
 pub fn matrix_table(results: &[crate::matrix::PairResult]) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "{:<14} {:<28} {:<12} {:<58} {:>8}", "kernel", "case", "expected", "result", "time");
+    let _ = writeln!(
+        s,
+        "{:<14} {:<28} {:<12} {:<58} {:>8}",
+        "kernel", "case", "expected", "result", "time"
+    );
     for r in results {
         let (_, med, _) = r.durations();
-        let result = r.runs.first().map(crate::matrix::describe).unwrap_or_else(|| "not run".into());
-        let mark = if !r.ok() { "✗ MISMATCH" } else if r.flaky() { "! flaky" } else { "✓" };
-        let _ = writeln!(s, "{:<14} {:<28} {:<12} {:<58} {:>6.0} s {mark}", r.pair.kernel, r.pair.case, r.pair.outcome, result, med);
+        let result = r
+            .runs
+            .first()
+            .map(crate::matrix::describe)
+            .unwrap_or_else(|| "not run".into());
+        let mark = if !r.ok() {
+            "✗ MISMATCH"
+        } else if r.flaky() {
+            "! flaky"
+        } else {
+            "✓"
+        };
+        let _ = writeln!(
+            s,
+            "{:<14} {:<28} {:<12} {:<58} {:>6.0} s {mark}",
+            r.pair.kernel, r.pair.case, r.pair.outcome, result, med
+        );
     }
     for r in results.iter().filter(|r| !r.ok()) {
         for (i, m) in r.mismatches.iter().enumerate() {

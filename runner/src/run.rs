@@ -49,9 +49,23 @@ impl RunOptions {
 /// Progress events for the UI.
 #[derive(Debug, Clone)]
 pub enum Event {
-    BootStart { boot: usize, boots: usize, name: String, attempt: u32 },
-    Step { boot: usize, step: usize, steps: usize, label: String },
-    BootEnd { boot: usize, end: BootEnd, seconds: f64 },
+    BootStart {
+        boot: usize,
+        boots: usize,
+        name: String,
+        attempt: u32,
+    },
+    Step {
+        boot: usize,
+        step: usize,
+        steps: usize,
+        label: String,
+    },
+    BootEnd {
+        boot: usize,
+        end: BootEnd,
+        seconds: f64,
+    },
     Notice(String),
 }
 
@@ -130,7 +144,10 @@ pub fn boot_end(
     scan: &ConsoleScan,
     process: ProcessEnd,
 ) -> BootEnd {
-    let planned_crash = case.boots[b].steps.last().is_some_and(|s| s.crash.is_some());
+    let planned_crash = case.boots[b]
+        .steps
+        .last()
+        .is_some_and(|s| s.crash.is_some());
     if process == ProcessEnd::Interrupted {
         return BootEnd::Interrupted;
     }
@@ -182,7 +199,10 @@ pub fn boot_values(case: &Case, b: usize, rec: &BootRecord, values: &mut BTreeMa
             values.insert(n.clone(), guest::capture_value(&sr.stdout));
         }
         if let Some(n) = &step.classify {
-            values.insert(n.clone(), guest::classify(&step.outcomes, status, &sr.dmesg));
+            values.insert(
+                n.clone(),
+                guest::classify(&step.outcomes, status, &sr.dmesg),
+            );
         }
     }
 }
@@ -223,7 +243,17 @@ pub fn run_case(
     let mut values: BTreeMap<String, String> = BTreeMap::new();
     let mut boots = Vec::new();
     for b in 0..case.boots.len() {
-        let outcome = run_boot(case, b, kernel, opts, work.path(), &results, &logs, &values, events)?;
+        let outcome = run_boot(
+            case,
+            b,
+            kernel,
+            opts,
+            work.path(),
+            &results,
+            &logs,
+            &values,
+            events,
+        )?;
         boot_values(case, b, &outcome.record, &mut values);
         let go_on = matches!(outcome.end, BootEnd::Reset | BootEnd::Exited);
         boots.push(outcome);
@@ -293,7 +323,10 @@ fn run_boot(
         let mut last_step = usize::MAX;
         let mut tick = || {
             let done = (0..nsteps)
-                .take_while(|i| bdir.join(format!("step-{}/status", i + 1)).exists() || bdir.join(format!("step-{}/skipped", i + 1)).exists())
+                .take_while(|i| {
+                    bdir.join(format!("step-{}/status", i + 1)).exists()
+                        || bdir.join(format!("step-{}/skipped", i + 1)).exists()
+                })
                 .count();
             if done != last_step && done < nsteps && bdir.join("started").exists() {
                 last_step = done;

@@ -161,7 +161,9 @@ pub fn choose_accel(kernel: &Path) -> Result<(Accel, Option<String>)> {
     {
         return Ok((
             Accel::Tcg,
-            Some("/dev/kvm is missing or not accessible: using TCG software emulation (slow)".into()),
+            Some(
+                "/dev/kvm is missing or not accessible: using TCG software emulation (slow)".into(),
+            ),
         ));
     }
     let out = tempfile::NamedTempFile::new()?;
@@ -320,7 +322,11 @@ mod tests {
         let a = disk_args(&cfg().disks);
         assert_eq!(a.len(), 1);
         assert!(a[0].starts_with("--qemu-opts=-drive "), "{}", a[0]);
-        assert!(a[0].contains("file=/w/disks/sdc.img,format=raw"), "{}", a[0]);
+        assert!(
+            a[0].contains("file=/w/disks/sdc.img,format=raw"),
+            "{}",
+            a[0]
+        );
         assert!(a[0].contains("virtio-blk-pci,drive=dmt0,serial=sdc"));
     }
 
@@ -333,20 +339,31 @@ mod tests {
     #[test]
     fn full_args_isolation() {
         let a = vng_args(&cfg());
-        assert!(!a.iter().any(|x| x == "--rw"), "host root must stay read-only");
+        assert!(
+            !a.iter().any(|x| x == "--rw"),
+            "host root must stay read-only"
+        );
         assert!(a.contains(&"--rwdir=/w/results".to_string()));
         assert_eq!(&a[..2], &["--run", "/k/boot/vmlinuz-6.12"]);
         assert_eq!(a.last().unwrap(), "sh /w/results/boot-1/boot.sh");
         assert!(a.contains(&"--disable-microvm".to_string()));
         let mut c = cfg();
         c.root = Some("/img/root".into());
-        assert!(vng_args(&c).windows(2).any(|w| w == ["--root", "/img/root"]));
+        assert!(vng_args(&c)
+            .windows(2)
+            .any(|w| w == ["--root", "/img/root"]));
     }
 
     #[test]
     fn probe_verdicts() {
-        assert_eq!(kvm_probe_verdict("KVM internal error. Suberror: 1\nemulation failure"), Some(false));
-        assert_eq!(kvm_probe_verdict("[    0.000000] Linux version 6.12.117"), Some(true));
+        assert_eq!(
+            kvm_probe_verdict("KVM internal error. Suberror: 1\nemulation failure"),
+            Some(false)
+        );
+        assert_eq!(
+            kvm_probe_verdict("[    0.000000] Linux version 6.12.117"),
+            Some(true)
+        );
         assert_eq!(kvm_probe_verdict("SeaBIOS"), None);
         let a = kvm_probe_args(Path::new("/k"));
         assert!(a.windows(2).any(|w| w == ["-accel", "kvm"]));

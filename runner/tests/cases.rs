@@ -28,7 +28,9 @@ fn wrong_expectation(case: &Case, observed: &BTreeMap<String, String>) -> Case {
     let mut c = case.clone();
     for rule in &mut c.expect {
         for (name, allowed) in rule.classify.iter_mut() {
-            let Some(got) = observed.get(name) else { continue };
+            let Some(got) = observed.get(name) else {
+                continue;
+            };
             let labels: Vec<String> = case
                 .all_steps()
                 .filter(|(_, _, s)| s.classify.as_deref() == Some(name))
@@ -67,7 +69,11 @@ fn run_pair(pair: &Pair, spec: &str, kernels: &Kernels) -> Result<(), Failed> {
     let label = pair.id();
     let outcome = run::run_case(&case, &k, &opts, &mut |e| match e {
         run::Event::BootEnd { boot, end, seconds } => {
-            eprintln!("[{label}] boot {}: {} ({seconds:.1} s)", boot + 1, end.describe())
+            eprintln!(
+                "[{label}] boot {}: {} ({seconds:.1} s)",
+                boot + 1,
+                end.describe()
+            )
         }
         run::Event::Notice(n) => eprintln!("[{label}] note: {n}"),
         _ => {}
@@ -82,11 +88,24 @@ fn run_pair(pair: &Pair, spec: &str, kernels: &Kernels) -> Result<(), Failed> {
     }
     // The same run judged against a wrong expectation must fail and say why.
     if verdict.status == Status::Pass && !verdict.classifications.is_empty() {
-        let observed = verdict.classifications.iter().map(|(k, c)| (k.clone(), c.label.clone())).collect();
+        let observed = verdict
+            .classifications
+            .iter()
+            .map(|(k, c)| (k.clone(), c.label.clone()))
+            .collect();
         let v2 = check::evaluate(&wrong_expectation(&case, &observed), &outcome);
-        let reason = v2.failures.iter().map(|f| f.what.clone()).collect::<Vec<_>>().join("; ");
+        let reason = v2
+            .failures
+            .iter()
+            .map(|f| f.what.clone())
+            .collect::<Vec<_>>()
+            .join("; ");
         if v2.status != Status::Fail || !reason.contains("is expected to give") {
-            return Err(format!("a wrong expectation did not make the case fail: {:?} {reason}", v2.status).into());
+            return Err(format!(
+                "a wrong expectation did not make the case fail: {:?} {reason}",
+                v2.status
+            )
+            .into());
         }
     }
     Ok(())
@@ -106,7 +125,11 @@ fn coverage(m: &Matrix) -> Result<(), Failed> {
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(format!("cases not in the matrix on a Debian 6.12 kernel: {}", missing.join(", ")).into())
+        Err(format!(
+            "cases not in the matrix on a Debian 6.12 kernel: {}",
+            missing.join(", ")
+        )
+        .into())
     }
 }
 
@@ -123,10 +146,18 @@ fn main() {
     let kernels: Kernels = Arc::default();
     let mut trials = Vec::new();
     let mc = m.clone();
-    trials.push(Trial::test("matrix_covers_every_case", move || coverage(&mc)));
+    trials.push(Trial::test("matrix_covers_every_case", move || {
+        coverage(&mc)
+    }));
     for pair in &m.pairs {
-        let (p, spec, ks) = (pair.clone(), m.kernels[&pair.kernel].spec.clone(), kernels.clone());
-        trials.push(Trial::test(format!("vm::{}", pair.id()), move || run_pair(&p, &spec, &ks)));
+        let (p, spec, ks) = (
+            pair.clone(),
+            m.kernels[&pair.kernel].spec.clone(),
+            kernels.clone(),
+        );
+        trials.push(Trial::test(format!("vm::{}", pair.id()), move || {
+            run_pair(&p, &spec, &ks)
+        }));
     }
     libtest_mimic::run(&args, trials).exit();
 }
