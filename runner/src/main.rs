@@ -88,6 +88,12 @@ enum Cmd {
         keep: bool,
         #[arg(long, default_value_t = 600)]
         timeout: u64,
+        /// Only these kernels (names in the matrix, comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// Copy every run's console logs and results (not the disks) under DIR.
+        #[arg(long)]
+        logs: Option<PathBuf>,
     },
     /// Check host tools, QEMU, KVM and vng; say how to fix each gap.
     Doctor {
@@ -159,11 +165,17 @@ fn dispatch(cli: Cli) -> Result<i32> {
             json,
             keep,
             timeout,
+            only,
+            logs,
         } => {
-            let m = dmcache_vmtest::matrix::load(&file)?;
+            let mut m = dmcache_vmtest::matrix::load(&file)?;
+            if !only.is_empty() {
+                m = m.only(&only)?;
+            }
             let mut opts = run::RunOptions::new(vm::Accel::Tcg);
             opts.keep = keep;
             opts.timeout = Duration::from_secs(timeout);
+            opts.save_logs = logs;
             let jobs = jobs.unwrap_or_else(dmcache_vmtest::matrix::default_jobs);
             let ui = report::MultiUi::new();
             let results =

