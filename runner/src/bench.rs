@@ -41,6 +41,7 @@ pub fn bench(case: &Case, kernel: &Kernel, opts: &RunOptions, n: usize) -> Resul
             cpus: opts.cpus.or(case.vm.cpus).unwrap_or(2),
             accel: opts.accel,
             root: opts.root.clone(),
+            modules: kernel.release.clone().zip(kernel.modules.clone()),
         };
         let t = Instant::now();
         let l = vm::launch(

@@ -1,8 +1,8 @@
 //! The protocol with the guest.
 //!
 //! Host → guest: a generated POSIX sh script per boot plus one `cmd.sh` file per step, written
-//! into the run's results directory, which the guest mounts read-write at the same path (the
-//! only host path it can write).  Guest → host: per boot `boot-N/`, files written in this order
+//! into the run's results directory, which the guest mounts read-write at [`GUEST_RESULTS`]
+//! (the only host path it can write).  Guest → host: per boot `boot-N/`, files written in this order
 //! and `sync`ed: `started`, `facts/*`, then per step `step-K/{stdout,stderr,dmesg,time,label}`
 //! and last `step-K/status` (its presence means the step finished), `crash` just before a
 //! planned sysrq-b, `done` at a normal end, `error` for a setup failure.
@@ -19,6 +19,9 @@ use std::path::{Path, PathBuf};
 pub fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
+
+/// Where the results dir appears inside the guest (the same for the host root and an image).
+pub const GUEST_RESULTS: &str = "/tmp/dmcache-vmtest-results";
 
 /// Directory of boot `b` (0-based) inside the results dir.
 pub fn boot_dir(results: &Path, b: usize) -> PathBuf {
@@ -198,7 +201,8 @@ dmsetup targets > "$R/facts/targets" 2>&1
 grep -q '^cache ' "$R/facts/targets" || dmt_fail "kernel has no dm-cache target (dmsetup targets: $(tr '\n' ' ' < "$R/facts/targets"))"
 "#;
 
-/// Writes the boot script and every step's `cmd.sh` into the results dir; returns the script path.
+/// Writes the boot script and every step's `cmd.sh` into the results dir (host path);
+/// returns the script's path inside the guest.
 pub fn prepare_boot(
     case: &Case,
     b: usize,
@@ -216,8 +220,9 @@ pub fn prepare_boot(
     }
     std::fs::create_dir_all(&dir)?;
     let script = dir.join("boot.sh");
-    std::fs::write(&script, render_script(case, b, results, carried))?;
-    Ok(script)
+    let guest = Path::new(GUEST_RESULTS);
+    std::fs::write(&script, render_script(case, b, guest, carried))?;
+    Ok(boot_dir(guest, b).join("boot.sh"))
 }
 
 /// What one step left in the results dir.
@@ -424,9 +429,11 @@ boots:
         }
         let mut carried = BTreeMap::new();
         carried.insert("v".to_string(), "it's".to_string());
-        let script = prepare_boot(&c, 1, res, &carried).unwrap();
+        prepare_boot(&c, 1, res, &carried).unwrap();
+        let script = boot_dir(res, 1).join("boot.sh");
         let text = std::fs::read_to_string(&script)
             .unwrap()
+            .replace(GUEST_RESULTS, &res.display().to_string())
             .replace("$(dmt_disk sdc)", "/dev/null")
             .replace("export PATH=", &format!("export PATH={}:", bin.display()));
         std::fs::write(&script, text).unwrap();

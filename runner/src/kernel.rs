@@ -93,6 +93,8 @@ pub struct Kernel {
     pub image: PathBuf,
     pub release: Option<String>,
     pub config: Option<PathBuf>,
+    /// `lib/modules/<release>` of this kernel, if it has modules.
+    pub modules: Option<PathBuf>,
     pub dm_cache: DmCache,
 }
 
@@ -215,16 +217,14 @@ fn from_dir(dir: &Path, label: &str) -> Result<Kernel> {
     let config = boot.join(format!("config-{release}"));
     let moddir = dir.join("lib/modules").join(&release);
     let config = config.exists().then_some(config);
-    let dm_cache = dm_cache_support(
-        config.as_deref(),
-        moddir.exists().then_some(&moddir),
-        &image,
-    )?;
+    let modules = moddir.exists().then_some(moddir);
+    let dm_cache = dm_cache_support(config.as_deref(), modules.as_deref(), &image)?;
     Ok(Kernel {
         spec: label.into(),
         image,
         release: Some(release),
         config,
+        modules,
         dm_cache,
     })
 }
@@ -287,6 +287,7 @@ fn from_image(image: &Path, modules: Option<&Path>, label: &str) -> Result<Kerne
         image: image.to_path_buf(),
         release: Some(release),
         config,
+        modules: None,
         dm_cache,
     })
 }

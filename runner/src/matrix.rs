@@ -365,6 +365,6 @@ pairs:
         let e = parse(&M.replace("verdict: pass", "verdict: maybe"), "m.yaml")
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("m.yaml:9:"), "{e}");
+        assert!(e.starts_with("m.yaml:8:14:"), "{e}");
     }
 }

@@ -337,6 +337,7 @@ fn run_boot(
             cpus: opts.cpus.or(case.vm.cpus).unwrap_or(2),
             accel: opts.accel,
             root: opts.root.clone(),
+            modules: kernel.release.clone().zip(kernel.modules.clone()),
         };
         events(Event::BootStart {
             boot: b,

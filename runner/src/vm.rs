@@ -43,6 +43,9 @@ pub struct VmConfig {
     pub accel: Accel,
     /// Root filesystem for the guest (`vng --root`); `None` = the host root, read-only.
     pub root: Option<PathBuf>,
+    /// (release, host dir) of the kernel's modules, mounted read-only at
+    /// `/lib/modules/<release>` when the guest root is an image.
+    pub modules: Option<(String, PathBuf)>,
 }
 
 fn kernel_args(kernel: &Path) -> Vec<String> {
@@ -84,12 +87,18 @@ fn disk_args(disks: &[(String, PathBuf)]) -> Vec<String> {
         .collect()
 }
 
-/// The host root stays read-only (never `--rw`); the results dir is the only writable share.
-fn share_args(rwdir: &Path, root: Option<&Path>) -> Vec<String> {
-    let mut v = vec![format!("--rwdir={}", rwdir.display())];
+/// The host root stays read-only (never `--rw`); the results dir is the only writable share,
+/// at [`crate::guest::GUEST_RESULTS`] in the guest.  With an image root, the kernel's modules
+/// are mounted read-only into it.
+fn share_args(rwdir: &Path, root: Option<&Path>, modules: Option<&(String, PathBuf)>) -> Vec<String> {
+    let guest = crate::guest::GUEST_RESULTS.trim_start_matches('/');
+    let mut v = vec![format!("--rwdir={guest}={}", rwdir.display())];
     if let Some(r) = root {
         v.push("--root".into());
         v.push(r.display().to_string());
+        if let Some((rel, dir)) = modules {
+            v.push(format!("--rodir=lib/modules/{rel}={}", dir.display()));
+        }
     }
     v
 }
@@ -100,7 +109,7 @@ pub fn vng_args(cfg: &VmConfig) -> Vec<String> {
     a.extend(kernel_args(&cfg.kernel));
     a.extend(accel_args(cfg.accel));
     a.extend(machine_args(&cfg.memory, cfg.cpus));
-    a.extend(share_args(&cfg.rwdir, cfg.root.as_deref()));
+    a.extend(share_args(&cfg.rwdir, cfg.root.as_deref(), cfg.modules.as_ref()));
     a.extend(disk_args(&cfg.disks));
     a.push("--exec".into());
     a.push(cfg.exec.clone());
@@ -314,6 +323,7 @@ mod tests {
             cpus: 2,
             accel: Accel::Tcg,
             root: None,
+            modules: Some(("6.12".into(), "/k/lib/modules/6.12".into())),
         }
     }
 
@@ -343,7 +353,8 @@ mod tests {
             !a.iter().any(|x| x == "--rw"),
             "host root must stay read-only"
         );
-        assert!(a.contains(&"--rwdir=/w/results".to_string()));
+        assert!(a.contains(&"--rwdir=tmp/dmcache-vmtest-results=/w/results".to_string()));
+        assert!(!a.iter().any(|x| x.starts_with("--rodir")), "host root has its own modules");
         assert_eq!(&a[..2], &["--run", "/k/boot/vmlinuz-6.12"]);
         assert_eq!(a.last().unwrap(), "sh /w/results/boot-1/boot.sh");
         assert!(a.contains(&"--disable-microvm".to_string()));
