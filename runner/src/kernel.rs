@@ -333,7 +333,9 @@ fn is_series(v: &str) -> bool {
 /// Downloads and unpacks a Debian kernel into the cache (reused next time); returns its dir.
 pub fn fetch_debian(version: &str, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     let version = if is_series(version) {
-        let out = Command::new("apt-cache")
+        let tmp = std::env::temp_dir();
+        let out = crate::image::apt_command("apt-cache", &tmp)?
+            .0
             .args(["pkgnames", &format!("linux-image-{version}.")])
             .output()
             .context("cannot run apt-cache (is this Debian/Ubuntu?)")?;
@@ -355,16 +357,16 @@ pub fn fetch_debian(version: &str, progress: &mut dyn FnMut(&str)) -> Result<Pat
     progress(&format!("fetching {pkg}"));
     let dl = crate::cache::dir("kernels").join("downloads");
     std::fs::create_dir_all(&dl)?;
-    let out = Command::new("apt-get")
+    let (mut apt, dl) = crate::image::apt_command("apt-get", &dl)?;
+    let out = apt
         .args(["download", "-q", &pkg])
-        .current_dir(&dl)
         .output()
         .context("cannot run apt-get")?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         bail!(
             "apt-get download {pkg} failed: {} (does the version exist? `apt-cache policy {pkg}`; try `apt-get update`)",
-            err.lines().filter(|l| !l.starts_with("W:")).collect::<Vec<_>>().join(" ").trim()
+            err.lines().find(|l| l.starts_with("E:")).unwrap_or("").trim()
         );
     }
     let deb = std::fs::read_dir(&dl)?

@@ -11,6 +11,7 @@ pub mod check;
 pub mod console;
 pub mod doctor;
 pub mod guest;
+pub mod image;
 pub mod kbuild;
 pub mod kernel;
 pub mod matrix;

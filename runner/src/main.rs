@@ -41,6 +41,9 @@ struct RunArgs {
     /// Guest vCPUs, overrides the case.
     #[arg(long)]
     cpus: Option<u32>,
+    /// Guest userspace: a pinned image from images/ (`image build NAME` first); default: the host root, read-only.
+    #[arg(long)]
+    image: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -91,15 +94,29 @@ enum Cmd {
         /// Only these kernels (names in the matrix, comma-separated).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+        /// Guest userspace image (see `image build`).
+        #[arg(long)]
+        image: Option<String>,
         /// Copy every run's console logs and results (not the disks) under DIR.
         #[arg(long)]
         logs: Option<PathBuf>,
+    },
+    /// Pinned guest userspace images (images/*.yaml).
+    Image {
+        #[command(subcommand)]
+        cmd: ImageCmd,
     },
     /// Check host tools, QEMU, KVM and vng; say how to fix each gap.
     Doctor {
         #[arg(long, env = "DMCACHE_VMTEST_KERNEL", default_value = kernel::DEFAULT_SPEC)]
         kernel: String,
     },
+}
+
+#[derive(Subcommand)]
+enum ImageCmd {
+    /// Build an image into the cache with debootstrap (root); print its path.
+    Build { name: String },
 }
 
 #[derive(Subcommand)]
@@ -167,6 +184,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             timeout,
             only,
             logs,
+            image,
         } => {
             let mut m = dmcache_vmtest::matrix::load(&file)?;
             if !only.is_empty() {
@@ -176,6 +194,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             opts.keep = keep;
             opts.timeout = Duration::from_secs(timeout);
             opts.save_logs = logs;
+            opts.root = image.as_deref().map(dmcache_vmtest::image::resolve).transpose()?;
             let jobs = jobs.unwrap_or_else(dmcache_vmtest::matrix::default_jobs);
             let ui = report::MultiUi::new();
             let results =
@@ -205,6 +224,13 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 Ok(0)
             }
         }
+        Cmd::Image { cmd: ImageCmd::Build { name } } => {
+            let p = report::Progress::new(&format!("image {name}"));
+            let dir = dmcache_vmtest::image::build(&name, &mut |m| p.message(m));
+            p.finish();
+            println!("{}", dir?.display());
+            Ok(0)
+        }
         Cmd::Doctor { kernel } => Ok(dmcache_vmtest::doctor::run(&kernel)),
     }
 }
@@ -228,6 +254,7 @@ fn run_options(k: &kernel::Kernel, args: &RunArgs) -> Result<run::RunOptions> {
     opts.keep = args.keep;
     opts.memory = args.memory.clone();
     opts.cpus = args.cpus;
+    opts.root = args.image.as_deref().map(dmcache_vmtest::image::resolve).transpose()?;
     Ok(opts)
 }
 

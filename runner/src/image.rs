@@ -1,0 +1,171 @@
+//! Pinned guest userspace images (`images/NAME.yaml` recipes): a Debian root built with
+//! `debootstrap` into the cache on demand, used as the guest root (`vng --root`) so results do
+//! not depend on the host's distribution.  The host root (read-only) stays the default.
+//! On a host whose apt is not Debian's (an Ubuntu CI runner), a built image also provides
+//! Debian's apt for `debian:` kernels and `linux-source` (see [`apt_command`]).
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    pub name: String,
+    pub suite: String,
+    #[serde(default = "minbase")]
+    pub variant: String,
+    pub packages: Vec<String>,
+}
+
+fn minbase() -> String {
+    "minbase".into()
+}
+
+pub fn recipes_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../images")
+}
+
+/// Loads `images/NAME.yaml`; returns the recipe and a key of its text.
+pub fn load_recipe(name: &str) -> Result<(Recipe, String)> {
+    let path = recipes_dir().join(format!("{name}.yaml"));
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("no image recipe `{name}` ({} not readable)", path.display()))?;
+    let r: Recipe = serde_yaml_ng::from_str(&text).map_err(|e| {
+        let loc = e.location().map(|l| format!(":{}:{}", l.line(), l.column())).unwrap_or_default();
+        anyhow::anyhow!("{}{loc}: {e}", path.display())
+    })?;
+    if r.name != name {
+        bail!("{}: name `{}` does not match the file name", path.display(), r.name);
+    }
+    let key = format!("{:x}", Sha256::digest(text.as_bytes()))[..12].to_string();
+    Ok((r, key))
+}
+
+/// The `debootstrap` command line for a recipe (target last).
+pub fn debootstrap_args(r: &Recipe, target: &Path) -> Vec<String> {
+    vec![
+        format!("--variant={}", r.variant),
+        format!("--include={}", r.packages.join(",")),
+        r.suite.clone(),
+        target.display().to_string(),
+    ]
+}
+
+fn image_dir(name: &str, key: &str) -> PathBuf {
+    crate::cache::dir("images").join(format!("{name}-{key}"))
+}
+
+const DONE: &str = ".dmcache-vmtest-image";
+
+/// The built image for `name` (current recipe), or a one-line error saying how to build it.
+pub fn resolve(name: &str) -> Result<PathBuf> {
+    let (_, key) = load_recipe(name)?;
+    let dir = image_dir(name, &key);
+    if dir.join(DONE).exists() {
+        Ok(dir)
+    } else {
+        bail!("image `{name}` is not built for the current recipe: run `dmcache-vmtest image build {name}` (as root)")
+    }
+}
+
+/// Builds the image unless it exists; returns its directory.
+pub fn build(name: &str, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
+    let (r, key) = load_recipe(name)?;
+    let dir = image_dir(name, &key);
+    if dir.join(DONE).exists() {
+        progress("cached");
+        return Ok(dir);
+    }
+    if !nix::unistd::Uid::effective().is_root() {
+        bail!("building an image needs root (debootstrap): sudo dmcache-vmtest image build {name}");
+    }
+    let tmp = dir.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    let mut child = Command::new("debootstrap")
+        .args(debootstrap_args(&r, &tmp))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("cannot run debootstrap: apt-get install debootstrap")?;
+    let mut log = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            progress(line.trim_start_matches("I: "));
+            log.push(line);
+        }
+    }
+    if !child.wait()?.success() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        bail!("debootstrap {} failed:\n{}", r.suite, log[log.len().saturating_sub(15)..].join("\n"));
+    }
+    let versions = Command::new("chroot")
+        .arg(&tmp)
+        .args(["dpkg-query", "-W", "-f", "${Package} ${Version}\\n"])
+        .output()
+        .context("cannot list the image's packages")?;
+    std::fs::write(tmp.join("packages.txt"), &versions.stdout)?;
+    std::fs::write(tmp.join(DONE), format!("{name} {key}\n"))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&tmp, &dir)?;
+    Ok(dir)
+}
+
+fn host_is_debian() -> bool {
+    std::fs::read_to_string("/etc/os-release")
+        .map(|t| t.lines().any(|l| l == "ID=debian"))
+        .unwrap_or(false)
+}
+
+/// Any built image (newest first) to borrow Debian's apt from.
+fn any_image() -> Option<PathBuf> {
+    let mut v: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(crate::cache::dir("images"))
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join(DONE).exists())
+        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
+        .collect();
+    v.sort();
+    v.pop().map(|(_, p)| p)
+}
+
+/// `apt-get`/`apt-cache` run in `dir`: the host's on Debian; elsewhere inside a built image
+/// (Debian's apt), with `dir` bind-visible as the image's `/tmp/dmt-apt`.  Returns the command
+/// and the directory where its downloads land on the host.
+pub fn apt_command(program: &str, dir: &Path) -> Result<(Command, PathBuf)> {
+    if host_is_debian() || std::env::var_os("DMCACHE_VMTEST_HOST_APT").is_some() {
+        let mut c = Command::new(program);
+        c.current_dir(dir);
+        return Ok((c, dir.to_path_buf()));
+    }
+    let Some(img) = any_image() else {
+        bail!("this host's apt is not Debian's: build the pinned image first (`sudo dmcache-vmtest image build bookworm`), whose apt fetches Debian kernels");
+    };
+    let inside = img.join("tmp/dmt-apt");
+    std::fs::create_dir_all(&inside)?;
+    let stamp = img.join("var/lib/apt/lists/.dmt-updated");
+    let mut c = Command::new("chroot");
+    let update = if stamp.exists() { "" } else { "apt-get update -qq && touch /var/lib/apt/lists/.dmt-updated && " };
+    c.arg(&img).args(["sh", "-c", &format!("{update}cd /tmp/dmt-apt && exec {program} \"$@\""), "sh"]);
+    Ok((c, inside))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recipe_in_repo_parses_and_builds_args() {
+        let (r, key) = load_recipe("bookworm").unwrap();
+        assert_eq!(key.len(), 12);
+        let a = debootstrap_args(&r, Path::new("/x"));
+        assert_eq!(a[0], "--variant=minbase");
+        assert!(a[1].starts_with("--include=") && a[1].contains("thin-provisioning-tools"));
+        assert_eq!(&a[2..], &["bookworm", "/x"]);
+        assert!(load_recipe("nope").unwrap_err().to_string().contains("no image recipe"));
+    }
+}
