@@ -354,6 +354,78 @@ pairs:
     classify: { passthrough: "refused: dirty mapping" }
 "#;
 
+    fn verdict(status: Status, label: &str, failures: &[&str]) -> Verdict {
+        let mut classifications = BTreeMap::new();
+        classifications.insert(
+            "passthrough".to_string(),
+            crate::check::Classification { label: label.into(), status: 1, evidence: vec![] },
+        );
+        Verdict {
+            case: "unclean_passthrough".into(),
+            kernel: "k".into(),
+            release: Some("6.12".into()),
+            cache_target: Some("2.3.0".into()),
+            accel: crate::vm::Accel::Tcg,
+            tools: BTreeMap::new(),
+            status,
+            classifications,
+            captures: BTreeMap::new(),
+            expected: BTreeMap::new(),
+            expected_note: None,
+            failures: failures
+                .iter()
+                .map(|f| crate::check::Failure { what: f.to_string(), detail: vec![] })
+                .collect(),
+            boots: vec![],
+            seconds: 60.0,
+            workdir: None,
+        }
+    }
+
+    #[test]
+    fn judge_compares_verdict_label_target_and_failure() {
+        let m = parse(M, "m.yaml").unwrap();
+        let p = &m.pairs[0];
+        assert!(judge(p, &verdict(Status::Pass, "refused: dirty mapping", &[])).is_empty());
+        let got = judge(p, &verdict(Status::Pass, "accepted", &[]));
+        assert_eq!(got, vec!["passthrough: expected `refused: dirty mapping`, got `accepted`"]);
+        let got = judge(p, &verdict(Status::Fail, "accepted", &["data loss: x"]));
+        assert!(got[0].starts_with("expected PASS, got FAIL: data loss"), "{got:?}");
+        let mut neg = p.clone();
+        neg.verdict = VerdictExpect::Fail;
+        neg.classify.insert("passthrough".into(), "accepted".into());
+        neg.failure = Some("data loss".into());
+        neg.cache_target = Some("2.3.0".into());
+        assert!(judge(&neg, &verdict(Status::Fail, "accepted", &["data loss: x"])).is_empty());
+        assert_eq!(judge(&neg, &verdict(Status::Fail, "accepted", &["hang"])).len(), 1);
+        let infra = judge(p, &verdict(Status::Infra, "refused: dirty mapping", &["boot 1: never started"]));
+        assert_eq!(infra, vec!["could not run: boot 1: never started"]);
+    }
+
+    #[test]
+    fn flakiness_and_durations() {
+        let m = parse(M, "m.yaml").unwrap();
+        let mut r = PairResult {
+            pair: m.pairs[0].clone(),
+            spec: "debian:6.12".into(),
+            runs: vec![verdict(Status::Pass, "refused: dirty mapping", &[]); 3],
+            mismatches: vec![vec![]; 3],
+        };
+        r.runs[1].seconds = 50.0;
+        r.runs[2].seconds = 90.0;
+        assert!(r.ok() && !r.flaky());
+        assert_eq!(r.durations(), (50.0, 60.0, 90.0));
+        r.runs[2] = verdict(Status::Pass, "accepted", &[]);
+        assert!(r.flaky());
+    }
+
+    #[test]
+    fn only_filters_kernels() {
+        let m = parse(M, "m.yaml").unwrap();
+        assert_eq!(m.clone().only(&["k1".into()]).unwrap().pairs.len(), 1);
+        assert!(m.only(&["zz".into()]).unwrap_err().to_string().contains("no such kernel"));
+    }
+
     #[test]
     fn parse_and_reject_unknown_kernel() {
         let m = parse(M, "m.yaml").unwrap();
