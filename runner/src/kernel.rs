@@ -23,7 +23,7 @@ pub enum KernelSpec {
     Dir(PathBuf),
     /// `debian:6.12.117+deb12`, `debian:6.1.0-56`, or a series `debian:6.12` (newest).
     Debian(String),
-    /// `build:debian:6.12,patches/fix.patch` — built from source with `kconfigs/`.
+    /// `build:debian:6.12,patches/fix.patch[,extra.config]` — built from source with `kconfigs/`.
     Build { src: String, patches: Vec<PathBuf> },
 }
 
@@ -184,12 +184,38 @@ pub fn resolve(spec: &KernelSpec, label: &str, progress: &mut dyn FnMut(&str)) -
 }
 
 fn build_kernel(
-    _src: &str,
-    _patches: &[PathBuf],
-    _label: &str,
-    _progress: &mut dyn FnMut(&str),
+    src: &str,
+    items: &[PathBuf],
+    label: &str,
+    progress: &mut dyn FnMut(&str),
 ) -> Result<Kernel> {
-    bail!("build: kernels are not wired in yet")
+    let built = crate::kbuild::build(&build_request(src, items)?, progress)?;
+    let mut k = from_image(&built.bzimage, None, label)?;
+    k.config = Some(built.config.clone());
+    k.dm_cache = dm_cache_support(Some(&built.config), None, &built.bzimage)?;
+    Ok(k)
+}
+
+/// A build request from a `build:` spec: items ending in `.config` are kconfig fragments
+/// (added to `kconfigs/dm-cache.config`), the others patches, in order.
+pub fn build_request(src: &str, items: &[PathBuf]) -> Result<crate::kbuild::BuildRequest> {
+    let (kconfigs, patches): (Vec<PathBuf>, Vec<PathBuf>) = items
+        .iter()
+        .cloned()
+        .partition(|p| p.extension().is_some_and(|e| e == "config"));
+    for p in items {
+        if !p.is_file() {
+            bail!("{} does not exist (paths in build: specs are relative to the current directory)", p.display());
+        }
+    }
+    let mut all_kconfigs = crate::kbuild::default_kconfigs();
+    all_kconfigs.extend(kconfigs);
+    Ok(crate::kbuild::BuildRequest {
+        src: crate::kbuild::SourceSpec::parse(src)?,
+        patches,
+        kconfigs: all_kconfigs,
+        jobs: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+    })
 }
 
 fn from_dir(dir: &Path, label: &str) -> Result<Kernel> {
