@@ -114,10 +114,35 @@ impl Matrix {
     }
 }
 
+/// Paths inside `build:` specs are relative to the matrix file's directory.
+fn anchor_spec(spec: &str, dir: &Path) -> String {
+    let Some(rest) = spec.strip_prefix("build:") else {
+        return spec.to_string();
+    };
+    let parts: Vec<String> = rest
+        .split(',')
+        .enumerate()
+        .map(|(i, item)| {
+            // the source is `debian:X` or a directory; the rest are files
+            let is_path = !(i == 0 && item.starts_with("debian:"));
+            if is_path && !item.is_empty() && Path::new(item).is_relative() {
+                dir.join(item).display().to_string()
+            } else {
+                item.to_string()
+            }
+        })
+        .collect();
+    format!("build:{}", parts.join(","))
+}
+
 pub fn load(path: &Path) -> Result<Matrix> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let m = parse(&text, &path.display().to_string())?;
+    let mut m = parse(&text, &path.display().to_string())?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    for k in m.kernels.values_mut() {
+        k.spec = anchor_spec(&k.spec, dir);
+    }
     for p in &m.pairs {
         case::find(&p.case).with_context(|| format!("{}: pair {}", path.display(), p.id()))?;
     }
@@ -417,6 +442,14 @@ pairs:
         assert_eq!(r.durations(), (50.0, 60.0, 90.0));
         r.runs[2] = verdict(Status::Pass, "accepted", &[]);
         assert!(r.flaky());
+    }
+
+    #[test]
+    fn build_specs_are_anchored_at_the_matrix_file() {
+        let d = Path::new("/repo");
+        assert_eq!(anchor_spec("build:debian:6.12,patches/a.patch", d), "build:debian:6.12,/repo/patches/a.patch");
+        assert_eq!(anchor_spec("build:src,/abs.patch", d), "build:/repo/src,/abs.patch");
+        assert_eq!(anchor_spec("debian:6.1.0-56", d), "debian:6.1.0-56");
     }
 
     #[test]
