@@ -1321,7 +1321,7 @@ CONFIG_HZ=1000
         assert!(d.iter().any(|d| d.opt.name == "HZ" && d.opt.line == 6));
         // =n is satisfied by absence.
         let n = Fragment::parse("n.config", "# CONFIG_X is not set\nCONFIG_Y=n\n").unwrap();
-        assert!(verify_fragments(&[n.clone()], "").is_empty());
+        assert!(verify_fragments(std::slice::from_ref(&n), "").is_empty());
         assert_eq!(verify_fragments(&[n], "CONFIG_Y=y\n").len(), 1);
     }
 
