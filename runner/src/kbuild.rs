@@ -437,7 +437,8 @@ fn source_identity(spec: &SourceSpec) -> Result<Identity> {
 }
 
 fn apt_candidate(pkg: &str) -> Option<String> {
-    let o = Command::new("apt-cache")
+    let (mut apt, _) = crate::image::apt_command("apt-cache", &std::env::temp_dir()).ok()?;
+    let o = apt
         .args(["policy", pkg])
         .stdin(Stdio::null())
         .output()
@@ -541,7 +542,24 @@ fn ensure_source(
             let work = dir.join("work");
             fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
             progress(&format!("apt-get download {pkg}={version}"));
-            run_checked(&work, &["apt-get", "download", &format!("{pkg}={version}")])?;
+            // Debian's apt: the host's, or a built image's on other distributions.
+            let (mut apt, dl) = crate::image::apt_command("apt-get", &work)?;
+            let out = apt
+                .args(["download", &format!("{pkg}={version}")])
+                .stdin(Stdio::null())
+                .output()
+                .with_context(|| format!("running apt-get download {pkg}={version}"))?;
+            if !out.status.success() {
+                bail!(
+                    "apt-get download {pkg}={version} failed: {}",
+                    tail(&String::from_utf8_lossy(&out.stderr), 10)
+                );
+            }
+            if dl != work {
+                for e in fs::read_dir(&dl)?.flatten() {
+                    fs::rename(e.path(), work.join(e.file_name()))?;
+                }
+            }
             let deb = fs::read_dir(&work)?
                 .flatten()
                 .map(|e| e.path())
