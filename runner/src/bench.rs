@@ -23,8 +23,8 @@ fn median(v: &[f64]) -> f64 {
     s[s.len() / 2]
 }
 
-/// Runs `n` bare boots, then the case once.
-pub fn bench(case: &Case, kernel: &Kernel, opts: &RunOptions, n: usize) -> Result<BenchReport> {
+/// Times `n` bare `vng --exec true` boots of `kernel` (seconds each).
+pub fn bare_boots(case: &Case, kernel: &Kernel, opts: &RunOptions, n: usize) -> Result<Vec<f64>> {
     let tmp = tempfile::tempdir()?;
     let mut bare = Vec::new();
     for i in 0..n.max(1) {
@@ -33,35 +33,26 @@ pub fn bench(case: &Case, kernel: &Kernel, opts: &RunOptions, n: usize) -> Resul
             disks: vec![],
             rwdir: tmp.path().to_path_buf(),
             exec: "true".into(),
-            memory: opts
-                .memory
-                .clone()
-                .or_else(|| case.vm.memory.clone())
-                .unwrap_or_else(|| "1G".into()),
+            memory: opts.memory.clone().or_else(|| case.vm.memory.clone()).unwrap_or_else(|| "1G".into()),
             cpus: opts.cpus.or(case.vm.cpus).unwrap_or(2),
             accel: opts.accel,
             root: opts.root.clone(),
             modules: kernel.release.clone().zip(kernel.modules.clone()),
         };
         let t = Instant::now();
-        let l = vm::launch(
-            &cfg,
-            tmp.path(),
-            &format!("bare-{i}"),
-            Duration::from_secs(300),
-            &mut || {},
-        )?;
+        let l = vm::launch(&cfg, tmp.path(), &format!("bare-{i}"), Duration::from_secs(300), &mut || {})?;
         if l.end != vm::ProcessEnd::Exited(0) {
-            bail!(
-                "bare boot {} ended {:?}: see {}",
-                i + 1,
-                l.end,
-                l.console_log.display()
-            );
+            bail!("bare boot {} of {} ended {:?}: see {}", i + 1, kernel.spec, l.end, l.console_log.display());
         }
         bare.push(t.elapsed().as_secs_f64());
-        eprintln!("bare boot {}: {:.1} s", i + 1, bare[i]);
+        eprintln!("bare boot {} of {}: {:.1} s", i + 1, kernel.spec, bare[i]);
     }
+    Ok(bare)
+}
+
+/// Runs `n` bare boots, then the case once.
+pub fn bench(case: &Case, kernel: &Kernel, opts: &RunOptions, n: usize) -> Result<BenchReport> {
+    let bare = bare_boots(case, kernel, opts, n)?;
     let t = Instant::now();
     let out = run::run_case(case, kernel, opts, &mut |_| {})?;
     let total = t.elapsed().as_secs_f64();
@@ -76,6 +67,11 @@ pub fn bench(case: &Case, kernel: &Kernel, opts: &RunOptions, n: usize) -> Resul
         total,
         status: verdict.status,
     })
+}
+
+/// Median of a set of timings.
+pub fn median_of(v: &[f64]) -> f64 {
+    median(v)
 }
 
 pub fn render(r: &BenchReport, accel: vm::Accel) -> String {

@@ -68,6 +68,9 @@ enum Cmd {
         /// Number of bare boots to time.
         #[arg(long, default_value_t = 3)]
         bare: usize,
+        /// Also time bare boots of this kernel (e.g. the Debian kernel vs a minimal build).
+        #[arg(long)]
+        compare: Option<String>,
         #[command(flatten)]
         args: RunArgs,
     },
@@ -211,7 +214,12 @@ fn dispatch(cli: Cli) -> Result<i32> {
             );
             Ok(0)
         }
-        Cmd::Bench { name, bare, args } => {
+        Cmd::Bench {
+            name,
+            bare,
+            compare,
+            args,
+        } => {
             let case = case::load(&case::find(&name)?)?;
             let k = resolve_kernel(&args.kernel)?;
             let opts = run_options(&k, &args)?;
@@ -219,7 +227,17 @@ fn dispatch(cli: Cli) -> Result<i32> {
             p.message(&format!("{bare} bare boots, then {}", case.name));
             let r = dmcache_vmtest::bench::bench(&case, &k, &opts, bare);
             p.finish();
-            print!("{}", dmcache_vmtest::bench::render(&r?, opts.accel));
+            let r = r?;
+            print!("{}", dmcache_vmtest::bench::render(&r, opts.accel));
+            if let Some(other) = compare {
+                let k2 = resolve_kernel(&other)?;
+                let mut o2 = run_options(&k2, &args)?;
+                o2.root = opts.root.clone();
+                let b2 = dmcache_vmtest::bench::bare_boots(&case, &k2, &o2, bare)?;
+                println!("bare boot, median of {bare}:");
+                println!("  {:<40} {:6.1} s  ({:?})", k.spec, dmcache_vmtest::bench::median_of(&r.bare), opts.accel);
+                println!("  {:<40} {:6.1} s  ({:?})", k2.spec, dmcache_vmtest::bench::median_of(&b2), o2.accel);
+            }
             Ok(0)
         }
         Cmd::Matrix {
