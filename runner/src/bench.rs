@@ -33,16 +33,32 @@ pub fn bare_boots(case: &Case, kernel: &Kernel, opts: &RunOptions, n: usize) -> 
             disks: vec![],
             rwdir: tmp.path().to_path_buf(),
             exec: "true".into(),
-            memory: opts.memory.clone().or_else(|| case.vm.memory.clone()).unwrap_or_else(|| "1G".into()),
+            memory: opts
+                .memory
+                .clone()
+                .or_else(|| case.vm.memory.clone())
+                .unwrap_or_else(|| "1G".into()),
             cpus: opts.cpus.or(case.vm.cpus).unwrap_or(2),
             accel: opts.accel,
             root: opts.root.clone(),
             modules: kernel.release.clone().zip(kernel.modules.clone()),
         };
         let t = Instant::now();
-        let l = vm::launch(&cfg, tmp.path(), &format!("bare-{i}"), Duration::from_secs(300), &mut || {})?;
+        let l = vm::launch(
+            &cfg,
+            tmp.path(),
+            &format!("bare-{i}"),
+            Duration::from_secs(300),
+            &mut || {},
+        )?;
         if l.end != vm::ProcessEnd::Exited(0) {
-            bail!("bare boot {} of {} ended {:?}: see {}", i + 1, kernel.spec, l.end, l.console_log.display());
+            bail!(
+                "bare boot {} of {} ended {:?}: see {}",
+                i + 1,
+                kernel.spec,
+                l.end,
+                l.console_log.display()
+            );
         }
         bare.push(t.elapsed().as_secs_f64());
         eprintln!("bare boot {} of {}: {:.1} s", i + 1, kernel.spec, bare[i]);

@@ -464,9 +464,9 @@ pub struct CaseError {
     pub msg: String,
 }
 
-/// Parses and validates case text; `file` names it in errors.
-pub fn parse(text: &str, file: &str) -> Result<Case, CaseError> {
-    let case: Case = serde_yaml_ng::from_str(text).map_err(|e| {
+/// Deserializes YAML; a syntax, type or unknown-key error becomes `file:line:col: message`.
+pub fn from_yaml<T: serde::de::DeserializeOwned>(text: &str, file: &str) -> Result<T, CaseError> {
+    serde_yaml_ng::from_str(text).map_err(|e| {
         let loc = e.location();
         // serde_yaml_ng appends " at line L column C"; we print it as file:L:C instead.
         let msg = e.to_string();
@@ -480,7 +480,12 @@ pub fn parse(text: &str, file: &str) -> Result<Case, CaseError> {
             col: loc.as_ref().map(|l| l.column()),
             msg,
         }
-    })?;
+    })
+}
+
+/// Parses and validates case text; `file` names it in errors.
+pub fn parse(text: &str, file: &str) -> Result<Case, CaseError> {
+    let case: Case = from_yaml(text, file)?;
     case.validate().map_err(|(path, needle, msg)| {
         let line = needle.and_then(|n| locate(text, &n));
         CaseError {

@@ -34,12 +34,13 @@ pub fn load_recipe(name: &str) -> Result<(Recipe, String)> {
     let path = recipes_dir().join(format!("{name}.yaml"));
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("no image recipe `{name}` ({} not readable)", path.display()))?;
-    let r: Recipe = serde_yaml_ng::from_str(&text).map_err(|e| {
-        let loc = e.location().map(|l| format!(":{}:{}", l.line(), l.column())).unwrap_or_default();
-        anyhow::anyhow!("{}{loc}: {e}", path.display())
-    })?;
+    let r: Recipe = crate::case::from_yaml(&text, &path.display().to_string())?;
     if r.name != name {
-        bail!("{}: name `{}` does not match the file name", path.display(), r.name);
+        bail!(
+            "{}: name `{}` does not match the file name",
+            path.display(),
+            r.name
+        );
     }
     let key = format!("{:x}", Sha256::digest(text.as_bytes()))[..12].to_string();
     Ok((r, key))
@@ -101,7 +102,11 @@ pub fn build(name: &str, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     }
     if !child.wait()?.success() {
         let _ = std::fs::remove_dir_all(&tmp);
-        bail!("debootstrap {} failed:\n{}", r.suite, log[log.len().saturating_sub(15)..].join("\n"));
+        bail!(
+            "debootstrap {} failed:\n{}",
+            r.suite,
+            log[log.len().saturating_sub(15)..].join("\n")
+        );
     }
     let versions = Command::new("chroot")
         .arg(&tmp)
@@ -123,12 +128,13 @@ fn host_is_debian() -> bool {
 
 /// Any built image (newest first) to borrow Debian's apt from.
 fn any_image() -> Option<PathBuf> {
-    let mut v: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(crate::cache::dir("images"))
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join(DONE).exists())
-        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
-        .collect();
+    let mut v: Vec<(std::time::SystemTime, PathBuf)> =
+        std::fs::read_dir(crate::cache::dir("images"))
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.join(DONE).exists())
+            .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
+            .collect();
     v.sort();
     v.pop().map(|(_, p)| p)
 }
@@ -149,8 +155,17 @@ pub fn apt_command(program: &str, dir: &Path) -> Result<(Command, PathBuf)> {
     std::fs::create_dir_all(&inside)?;
     let stamp = img.join("var/lib/apt/lists/.dmt-updated");
     let mut c = Command::new("chroot");
-    let update = if stamp.exists() { "" } else { "apt-get update -qq && touch /var/lib/apt/lists/.dmt-updated && " };
-    c.arg(&img).args(["sh", "-c", &format!("{update}cd /tmp/dmt-apt && exec {program} \"$@\""), "sh"]);
+    let update = if stamp.exists() {
+        ""
+    } else {
+        "apt-get update -qq && touch /var/lib/apt/lists/.dmt-updated && "
+    };
+    c.arg(&img).args([
+        "sh",
+        "-c",
+        &format!("{update}cd /tmp/dmt-apt && exec {program} \"$@\""),
+        "sh",
+    ]);
     Ok((c, inside))
 }
 
@@ -166,6 +181,9 @@ mod tests {
         assert_eq!(a[0], "--variant=minbase");
         assert!(a[1].starts_with("--include=") && a[1].contains("thin-provisioning-tools"));
         assert_eq!(&a[2..], &["bookworm", "/x"]);
-        assert!(load_recipe("nope").unwrap_err().to_string().contains("no image recipe"));
+        assert!(load_recipe("nope")
+            .unwrap_err()
+            .to_string()
+            .contains("no image recipe"));
     }
 }

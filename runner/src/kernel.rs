@@ -205,7 +205,10 @@ pub fn build_request(src: &str, items: &[PathBuf]) -> Result<crate::kbuild::Buil
         .partition(|p| p.extension().is_some_and(|e| e == "config"));
     for p in items {
         if !p.is_file() {
-            bail!("{} does not exist (paths in build: specs are relative to the current directory)", p.display());
+            bail!(
+                "{} does not exist (paths in build: specs are relative to the current directory)",
+                p.display()
+            );
         }
     }
     let mut all_kconfigs = crate::kbuild::default_kconfigs();
@@ -214,7 +217,9 @@ pub fn build_request(src: &str, items: &[PathBuf]) -> Result<crate::kbuild::Buil
         src: crate::kbuild::SourceSpec::parse(src)?,
         patches,
         kconfigs: all_kconfigs,
-        jobs: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        jobs: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2),
     })
 }
 

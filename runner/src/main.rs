@@ -199,7 +199,10 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 .chain(items.iter().map(|p| p.display().to_string()))
                 .collect::<Vec<_>>()
                 .join(",");
-            eprintln!("use it with --kernel {spec}  (or --kernel {})", b.bzimage.display());
+            eprintln!(
+                "use it with --kernel {spec}  (or --kernel {})",
+                b.bzimage.display()
+            );
             Ok(0)
         }
         Cmd::Kernel {
@@ -235,8 +238,18 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 o2.root = opts.root.clone();
                 let b2 = dmcache_vmtest::bench::bare_boots(&case, &k2, &o2, bare)?;
                 println!("bare boot, median of {bare}:");
-                println!("  {:<40} {:6.1} s  ({:?})", k.spec, dmcache_vmtest::bench::median_of(&r.bare), opts.accel);
-                println!("  {:<40} {:6.1} s  ({:?})", k2.spec, dmcache_vmtest::bench::median_of(&b2), o2.accel);
+                println!(
+                    "  {:<40} {:6.1} s  ({:?})",
+                    k.spec,
+                    dmcache_vmtest::bench::median_of(&r.bare),
+                    opts.accel
+                );
+                println!(
+                    "  {:<40} {:6.1} s  ({:?})",
+                    k2.spec,
+                    dmcache_vmtest::bench::median_of(&b2),
+                    o2.accel
+                );
             }
             Ok(0)
         }
@@ -261,7 +274,10 @@ fn dispatch(cli: Cli) -> Result<i32> {
             opts.keep = keep;
             opts.timeout = Duration::from_secs(timeout);
             opts.save_logs = logs;
-            opts.root = image.as_deref().map(dmcache_vmtest::image::resolve).transpose()?;
+            opts.root = image
+                .as_deref()
+                .map(dmcache_vmtest::image::resolve)
+                .transpose()?;
             let jobs = jobs.unwrap_or_else(dmcache_vmtest::matrix::default_jobs);
             let ui = report::MultiUi::new();
             let results =
@@ -291,7 +307,9 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 Ok(0)
             }
         }
-        Cmd::Image { cmd: ImageCmd::Build { name } } => {
+        Cmd::Image {
+            cmd: ImageCmd::Build { name },
+        } => {
             let p = report::Progress::new(&format!("image {name}"));
             let dir = dmcache_vmtest::image::build(&name, &mut |m| p.message(m));
             p.finish();
@@ -321,7 +339,11 @@ fn run_options(k: &kernel::Kernel, args: &RunArgs) -> Result<run::RunOptions> {
     opts.keep = args.keep;
     opts.memory = args.memory.clone();
     opts.cpus = args.cpus;
-    opts.root = args.image.as_deref().map(dmcache_vmtest::image::resolve).transpose()?;
+    opts.root = args
+        .image
+        .as_deref()
+        .map(dmcache_vmtest::image::resolve)
+        .transpose()?;
     Ok(opts)
 }
 

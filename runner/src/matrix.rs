@@ -68,20 +68,7 @@ impl Pair {
 
 /// Parses and checks a matrix (kernel names defined, cases exist).
 pub fn parse(text: &str, file: &str) -> Result<Matrix, CaseError> {
-    let m: Matrix = serde_yaml_ng::from_str(text).map_err(|e| {
-        let loc = e.location();
-        let msg = e.to_string();
-        let msg = match msg.rfind(" at line ") {
-            Some(i) if loc.is_some() => msg[..i].to_string(),
-            _ => msg,
-        };
-        CaseError {
-            file: file.into(),
-            line: loc.as_ref().map(|l| l.line()),
-            col: loc.as_ref().map(|l| l.column()),
-            msg,
-        }
-    })?;
+    let m: Matrix = case::from_yaml(text, file)?;
     let line_of = |needle: &str| text.lines().position(|l| l.contains(needle)).map(|i| i + 1);
     for (i, p) in m.pairs.iter().enumerate() {
         if !m.kernels.contains_key(&p.kernel) {
@@ -383,7 +370,11 @@ pairs:
         let mut classifications = BTreeMap::new();
         classifications.insert(
             "passthrough".to_string(),
-            crate::check::Classification { label: label.into(), status: 1, evidence: vec![] },
+            crate::check::Classification {
+                label: label.into(),
+                status: 1,
+                evidence: vec![],
+            },
         );
         Verdict {
             case: "unclean_passthrough".into(),
@@ -399,7 +390,10 @@ pairs:
             expected_note: None,
             failures: failures
                 .iter()
-                .map(|f| crate::check::Failure { what: f.to_string(), detail: vec![] })
+                .map(|f| crate::check::Failure {
+                    what: f.to_string(),
+                    detail: vec![],
+                })
                 .collect(),
             boots: vec![],
             seconds: 60.0,
@@ -413,17 +407,33 @@ pairs:
         let p = &m.pairs[0];
         assert!(judge(p, &verdict(Status::Pass, "refused: dirty mapping", &[])).is_empty());
         let got = judge(p, &verdict(Status::Pass, "accepted", &[]));
-        assert_eq!(got, vec!["passthrough: expected `refused: dirty mapping`, got `accepted`"]);
+        assert_eq!(
+            got,
+            vec!["passthrough: expected `refused: dirty mapping`, got `accepted`"]
+        );
         let got = judge(p, &verdict(Status::Fail, "accepted", &["data loss: x"]));
-        assert!(got[0].starts_with("expected PASS, got FAIL: data loss"), "{got:?}");
+        assert!(
+            got[0].starts_with("expected PASS, got FAIL: data loss"),
+            "{got:?}"
+        );
         let mut neg = p.clone();
         neg.verdict = VerdictExpect::Fail;
         neg.classify.insert("passthrough".into(), "accepted".into());
         neg.failure = Some("data loss".into());
         neg.cache_target = Some("2.3.0".into());
         assert!(judge(&neg, &verdict(Status::Fail, "accepted", &["data loss: x"])).is_empty());
-        assert_eq!(judge(&neg, &verdict(Status::Fail, "accepted", &["hang"])).len(), 1);
-        let infra = judge(p, &verdict(Status::Infra, "refused: dirty mapping", &["boot 1: never started"]));
+        assert_eq!(
+            judge(&neg, &verdict(Status::Fail, "accepted", &["hang"])).len(),
+            1
+        );
+        let infra = judge(
+            p,
+            &verdict(
+                Status::Infra,
+                "refused: dirty mapping",
+                &["boot 1: never started"],
+            ),
+        );
         assert_eq!(infra, vec!["could not run: boot 1: never started"]);
     }
 
@@ -447,8 +457,14 @@ pairs:
     #[test]
     fn build_specs_are_anchored_at_the_matrix_file() {
         let d = Path::new("/repo");
-        assert_eq!(anchor_spec("build:debian:6.12,patches/a.patch", d), "build:debian:6.12,/repo/patches/a.patch");
-        assert_eq!(anchor_spec("build:src,/abs.patch", d), "build:/repo/src,/abs.patch");
+        assert_eq!(
+            anchor_spec("build:debian:6.12,patches/a.patch", d),
+            "build:debian:6.12,/repo/patches/a.patch"
+        );
+        assert_eq!(
+            anchor_spec("build:src,/abs.patch", d),
+            "build:/repo/src,/abs.patch"
+        );
         assert_eq!(anchor_spec("debian:6.1.0-56", d), "debian:6.1.0-56");
     }
 
@@ -456,7 +472,11 @@ pairs:
     fn only_filters_kernels() {
         let m = parse(M, "m.yaml").unwrap();
         assert_eq!(m.clone().only(&["k1".into()]).unwrap().pairs.len(), 1);
-        assert!(m.only(&["zz".into()]).unwrap_err().to_string().contains("no such kernel"));
+        assert!(m
+            .only(&["zz".into()])
+            .unwrap_err()
+            .to_string()
+            .contains("no such kernel"));
     }
 
     #[test]

@@ -7,6 +7,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::fmt::Write as _;
 use std::time::Duration;
 
+fn spinner_style() -> ProgressStyle {
+    ProgressStyle::with_template("{spinner} [{elapsed:>4}] {prefix} {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner())
+}
+
 /// A spinner line per running case; prints notices above it.
 pub struct Progress {
     bar: ProgressBar,
@@ -17,10 +22,7 @@ pub struct Progress {
 impl Progress {
     pub fn new(prefix: &str) -> Self {
         let bar = ProgressBar::new_spinner();
-        bar.set_style(
-            ProgressStyle::with_template("{spinner} [{elapsed:>4}] {prefix} {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-        );
+        bar.set_style(spinner_style());
         bar.set_prefix(prefix.to_string());
         bar.enable_steady_tick(Duration::from_millis(250));
         Progress {
@@ -375,10 +377,7 @@ impl MultiUi {
             Some(e) => {
                 let p = bars.entry(label.to_string()).or_insert_with(|| {
                     let bar = self.multi.add(ProgressBar::new_spinner());
-                    bar.set_style(
-                        ProgressStyle::with_template("{spinner} [{elapsed:>4}] {prefix} {msg}")
-                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-                    );
+                    bar.set_style(spinner_style());
                     Progress::with_bar(bar, label)
                 });
                 p.event(e);

@@ -265,7 +265,15 @@ pub fn run_case(
         }
     }
     if let Some(dest) = &opts.save_logs {
-        save_logs(work.path(), dest, &format!("{}-{}", case.name, kernel.release.as_deref().unwrap_or("kernel")))?;
+        save_logs(
+            work.path(),
+            dest,
+            &format!(
+                "{}-{}",
+                case.name,
+                kernel.release.as_deref().unwrap_or("kernel")
+            ),
+        )?;
     }
     let workdir = if opts.keep {
         Some(work.keep())

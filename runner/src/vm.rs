@@ -90,7 +90,11 @@ fn disk_args(disks: &[(String, PathBuf)]) -> Vec<String> {
 /// The host root stays read-only (never `--rw`); the results dir is the only writable share,
 /// at [`crate::guest::GUEST_RESULTS`] in the guest.  With an image root, the kernel's modules
 /// are mounted read-only into it.
-fn share_args(rwdir: &Path, root: Option<&Path>, modules: Option<&(String, PathBuf)>) -> Vec<String> {
+fn share_args(
+    rwdir: &Path,
+    root: Option<&Path>,
+    modules: Option<&(String, PathBuf)>,
+) -> Vec<String> {
     let guest = crate::guest::GUEST_RESULTS.trim_start_matches('/');
     let mut v = vec![format!("--rwdir={guest}={}", rwdir.display())];
     if let Some(r) = root {
@@ -109,7 +113,11 @@ pub fn vng_args(cfg: &VmConfig) -> Vec<String> {
     a.extend(kernel_args(&cfg.kernel));
     a.extend(accel_args(cfg.accel));
     a.extend(machine_args(&cfg.memory, cfg.cpus));
-    a.extend(share_args(&cfg.rwdir, cfg.root.as_deref(), cfg.modules.as_ref()));
+    a.extend(share_args(
+        &cfg.rwdir,
+        cfg.root.as_deref(),
+        cfg.modules.as_ref(),
+    ));
     a.extend(disk_args(&cfg.disks));
     a.push("--exec".into());
     a.push(cfg.exec.clone());
@@ -354,7 +362,10 @@ mod tests {
             "host root must stay read-only"
         );
         assert!(a.contains(&"--rwdir=tmp/dmcache-vmtest-results=/w/results".to_string()));
-        assert!(!a.iter().any(|x| x.starts_with("--rodir")), "host root has its own modules");
+        assert!(
+            !a.iter().any(|x| x.starts_with("--rodir")),
+            "host root has its own modules"
+        );
         assert_eq!(&a[..2], &["--run", "/k/boot/vmlinuz-6.12"]);
         assert_eq!(a.last().unwrap(), "sh /w/results/boot-1/boot.sh");
         assert!(a.contains(&"--disable-microvm".to_string()));
