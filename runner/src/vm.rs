@@ -199,7 +199,7 @@ pub fn choose_accel(kernel: &Path) -> Result<(Accel, Option<String>)> {
         if let Some(v) = kvm_probe_verdict(&text) {
             break v;
         }
-        if child.try_wait()?.is_some() || start.elapsed() > Duration::from_secs(30) {
+        if child.try_wait()?.is_some() || start.elapsed() > Duration::from_secs(15) {
             break false;
         }
         std::thread::sleep(Duration::from_millis(100));
