@@ -438,3 +438,171 @@ pub fn evaluate(case: &Case, run: &CaseRun) -> Verdict {
         workdir: run.workdir.as_ref().map(|p| p.display().to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::console::ConsoleScan;
+    use crate::guest::{BootRecord, StepRecord};
+    use crate::run::{BootOutcome, CaseRun};
+    use std::collections::BTreeMap;
+
+    /// A recorded run of `cases/unclean_passthrough.yaml` where the passthrough activation
+    /// ends with `status` and `dmesg`, and the captures have the given values.
+    fn synthetic(status: i32, dmesg: &[&str], caps: &[(&str, &str)]) -> (Case, CaseRun) {
+        let case =
+            crate::case::load(&crate::case::cases_dir().join("unclean_passthrough.yaml")).unwrap();
+        let caps: BTreeMap<&str, &str> = caps.iter().cloned().collect();
+        let mut values = BTreeMap::new();
+        let mut boots = Vec::new();
+        for (b, boot) in case.boots.iter().enumerate() {
+            let mut steps = Vec::new();
+            for s in &boot.steps {
+                let mut r = StepRecord::default();
+                if !crate::guest::step_enabled(s, &values) {
+                    r.skipped = true;
+                } else if let Some(n) = &s.classify {
+                    r.status = Some(status);
+                    r.dmesg = dmesg.iter().map(|l| l.to_string()).collect();
+                    values.insert(
+                        n.clone(),
+                        crate::guest::classify(&s.outcomes, status, &r.dmesg),
+                    );
+                } else if s.crash.is_none() {
+                    r.status = Some(0);
+                    if let Some(n) = &s.capture {
+                        r.stdout = format!("{}\n", caps.get(n.as_str()).copied().unwrap_or("1"));
+                        values.insert(n.clone(), crate::guest::capture_value(&r.stdout));
+                    }
+                }
+                steps.push(r);
+            }
+            let crash = boot.steps.last().is_some_and(|s| s.crash.is_some());
+            boots.push(BootOutcome {
+                name: boot.name.clone(),
+                record: BootRecord {
+                    started: true,
+                    release: Some("6.12.117-test".into()),
+                    targets: Some("cache            v2.3.0\n".into()),
+                    steps,
+                    crash_marker: crash,
+                    done: !crash,
+                    ..Default::default()
+                },
+                scan: ConsoleScan {
+                    sysrq_reset: crash,
+                    kernel_started: true,
+                    ..Default::default()
+                },
+                end: if crash {
+                    BootEnd::Reset
+                } else {
+                    BootEnd::Exited
+                },
+                process: crate::vm::ProcessEnd::Exited(if crash { 255 } else { 0 }),
+                seconds: 30.0,
+                attempts: 1,
+                console_log: format!("boot-{b}.console.log").into(),
+                console: String::new(),
+            });
+        }
+        let kernel = crate::kernel::Kernel {
+            spec: "test".into(),
+            image: "/k".into(),
+            release: Some("6.12.117-test".into()),
+            config: None,
+            modules: None,
+            dm_cache: crate::kernel::DmCache::BuiltIn,
+        };
+        let run = CaseRun {
+            case: case.name.clone(),
+            kernel,
+            accel: crate::vm::Accel::Tcg,
+            boots,
+            workdir: None,
+            seconds: 60.0,
+        };
+        (case, run)
+    }
+
+    const GOOD: &[(&str, &str)] = &[
+        ("expected_md5", "aa"),
+        ("written_md5", "aa"),
+        ("cache_md5", "aa"),
+        ("origin_md5", "00"),
+        ("origin_md5_after", "aa"),
+        ("cache_tail_md5", "tt"),
+        ("cblock", "1"),
+    ];
+
+    #[test]
+    fn refused_by_dirty_check_passes_and_names_the_check() {
+        let (case, run) = synthetic(1, &["device-mapper: cache: 253:3: cannot enter passthrough mode unless all blocks are clean"], GOOD);
+        let v = evaluate(&case, &run);
+        assert_eq!(v.status, Status::Pass, "{:?}", v.failures);
+        assert_eq!(
+            v.classifications["passthrough"].label,
+            "refused: dirty mapping"
+        );
+        assert_eq!(v.cache_target.as_deref(), Some("2.3.0"));
+    }
+
+    #[test]
+    fn accepted_with_lost_tail_fails_as_data_loss() {
+        let mut caps = GOOD.to_vec();
+        caps.push(("origin_tail_md5", "different"));
+        let (case, run) = synthetic(0, &[], &caps);
+        let v = evaluate(&case, &run);
+        assert_eq!(v.status, Status::Fail);
+        assert!(
+            v.failures
+                .iter()
+                .any(|f| f.what.starts_with("data loss: passthrough was accepted")),
+            "{:?}",
+            v.failures
+        );
+        assert!(v
+            .failures
+            .iter()
+            .any(|f| f.what.contains("is expected to give")));
+    }
+
+    #[test]
+    fn writeback_that_loses_data_fails() {
+        let mut caps = GOOD.to_vec();
+        caps.retain(|(k, _)| *k != "origin_md5_after");
+        caps.push(("origin_md5_after", "00"));
+        let (case, run) = synthetic(
+            1,
+            &["cannot enter passthrough mode unless all blocks are clean"],
+            &caps,
+        );
+        let v = evaluate(&case, &run);
+        assert_eq!(v.status, Status::Fail);
+        assert!(
+            v.failures[0].what.starts_with("data loss: after writeback"),
+            "{:?}",
+            v.failures
+        );
+    }
+
+    #[test]
+    fn panic_fails_and_infra_is_not_a_verdict() {
+        let (case, mut run) = synthetic(
+            1,
+            &["cannot enter passthrough mode unless all blocks are clean"],
+            GOOD,
+        );
+        run.boots[1].end = BootEnd::Panic("Kernel panic - not syncing: x".into());
+        assert_eq!(evaluate(&case, &run).status, Status::Fail);
+        run.boots[1].end = BootEnd::Infra("never started".into());
+        let v = evaluate(&case, &run);
+        assert_eq!(v.status, Status::Infra);
+        assert_eq!(
+            v.failures.len(),
+            1,
+            "infra failures stand alone: {:?}",
+            v.failures
+        );
+    }
+}

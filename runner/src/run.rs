@@ -406,3 +406,132 @@ fn run_boot(
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guest::StepRecord;
+
+    const CASE: &str = r#"
+name: t
+summary: s
+disks: [{ name: sdc, size: 1MiB }]
+boots:
+  - name: one
+    steps:
+      - run: "true"
+      - crash: sysrq-b
+  - name: two
+    steps:
+      - run: "true"
+"#;
+
+    fn rec(started: bool, steps: usize, crash: bool, done: bool) -> BootRecord {
+        BootRecord {
+            started,
+            steps: (0..steps)
+                .map(|_| StepRecord {
+                    status: Some(0),
+                    ..Default::default()
+                })
+                .collect(),
+            crash_marker: crash,
+            done,
+            ..Default::default()
+        }
+    }
+
+    fn scan(log: &str) -> ConsoleScan {
+        console::scan(log)
+    }
+
+    #[test]
+    fn sysrq_reset_vs_panic_vs_hang() {
+        let c = crate::case::parse(CASE, "t").unwrap();
+        let reset = scan("[ 1.0] Linux version 6.12\n[ 9.0] sysrq: Resetting\n");
+        assert_eq!(
+            boot_end(
+                &c,
+                0,
+                &rec(true, 1, true, false),
+                &reset,
+                ProcessEnd::Exited(255)
+            ),
+            BootEnd::Reset
+        );
+        let panic =
+            scan("[ 1.0] Linux version 6.12\n[ 9.0] Kernel panic - not syncing: Fatal exception\n");
+        assert!(matches!(
+            boot_end(
+                &c,
+                0,
+                &rec(true, 1, false, false),
+                &panic,
+                ProcessEnd::Exited(255)
+            ),
+            BootEnd::Panic(_)
+        ));
+        let quiet = scan("[ 1.0] Linux version 6.12\n");
+        assert_eq!(
+            boot_end(
+                &c,
+                0,
+                &rec(true, 1, false, false),
+                &quiet,
+                ProcessEnd::Timeout
+            ),
+            BootEnd::Hang
+        );
+        // a crash boot that exited normally without reaching its crash step died
+        assert!(matches!(
+            boot_end(
+                &c,
+                0,
+                &rec(true, 1, false, true),
+                &quiet,
+                ProcessEnd::Exited(0)
+            ),
+            BootEnd::Died(_)
+        ));
+        assert_eq!(
+            boot_end(
+                &c,
+                1,
+                &rec(true, 1, false, true),
+                &quiet,
+                ProcessEnd::Exited(0)
+            ),
+            BootEnd::Exited
+        );
+    }
+
+    #[test]
+    fn never_started_is_infrastructure() {
+        let c = crate::case::parse(CASE, "t").unwrap();
+        let none = scan("");
+        assert!(
+            matches!(boot_end(&c, 0, &rec(false, 0, false, false), &none, ProcessEnd::Exited(255)), BootEnd::Infra(m) if m.contains("never printed"))
+        );
+        let kvm = scan("KVM internal error. Suberror: 1\n");
+        assert!(
+            matches!(boot_end(&c, 0, &rec(false, 0, false, false), &kvm, ProcessEnd::Timeout), BootEnd::Infra(m) if m.contains("KVM"))
+        );
+        let mut r = rec(false, 0, false, false);
+        r.error = Some("kernel has no dm-cache target".into());
+        assert!(matches!(
+            boot_end(&c, 0, &r, &scan("Linux version"), ProcessEnd::Exited(1)),
+            BootEnd::GuestError(_)
+        ));
+    }
+
+    #[test]
+    fn abort_is_reported_with_its_reason() {
+        let c = crate::case::parse(CASE, "t").unwrap();
+        let mut r = rec(true, 1, false, true);
+        r.steps[0].abort = Some("exit status 1".into());
+        assert_eq!(
+            boot_end(&c, 0, &r, &scan("Linux version"), ProcessEnd::Exited(0)),
+            BootEnd::Aborted("exit status 1".into())
+        );
+    }
+}
