@@ -38,7 +38,10 @@ pub fn bare_boots(case: &Case, kernel: &Kernel, opts: &RunOptions, n: usize) -> 
                 .clone()
                 .or_else(|| case.vm.memory.clone())
                 .unwrap_or_else(|| "1G".into()),
-            cpus: opts.cpus.or(case.vm.cpus).unwrap_or(2),
+            cpus: opts
+                .cpus
+                .or(case.vm.cpus)
+                .unwrap_or(run::default_cpus(opts.accel)),
             accel: opts.accel,
             root: opts.root.clone(),
             modules: kernel.release.clone().zip(kernel.modules.clone()),

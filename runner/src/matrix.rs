@@ -315,7 +315,9 @@ pub fn run(
                 let case = &cases[&pair.case];
                 let mut opts = base.clone();
                 opts.accel = *accel;
-                opts.cpus = opts.cpus.or(Some(per_vm_cpus));
+                opts.cpus = opts
+                    .cpus
+                    .or(Some(per_vm_cpus.min(crate::run::default_cpus(*accel))));
                 let label = if repeat > 1 {
                     format!("{} #{}", pair.id(), r + 1)
                 } else {
