@@ -268,7 +268,16 @@ pub fn run_case(
             &logs,
             &values,
             events,
-        )?;
+        );
+        let outcome = match outcome {
+            Ok(o) => o,
+            // Never lose disks the user asked to keep, even on an error.
+            Err(e) if opts.keep => {
+                let kept = work.keep();
+                return Err(e.context(format!("work dir kept at {}", kept.display())));
+            }
+            Err(e) => return Err(e),
+        };
         boot_values(case, b, &outcome.record, &mut values);
         let go_on = matches!(outcome.end, BootEnd::Reset | BootEnd::Exited);
         boots.push(outcome);
