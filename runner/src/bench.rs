@@ -6,7 +6,7 @@ use crate::case::Case;
 use crate::check;
 use crate::kernel::Kernel;
 use crate::run::{self, RunOptions};
-use crate::vm::{self, VmConfig};
+use crate::vm;
 use anyhow::{bail, Result};
 use std::time::{Duration, Instant};
 
@@ -28,24 +28,7 @@ pub fn bare_boots(case: &Case, kernel: &Kernel, opts: &RunOptions, n: usize) -> 
     let tmp = tempfile::tempdir()?;
     let mut bare = Vec::new();
     for i in 0..n.max(1) {
-        let cfg = VmConfig {
-            kernel: kernel.image.clone(),
-            disks: vec![],
-            rwdir: tmp.path().to_path_buf(),
-            exec: "true".into(),
-            memory: opts
-                .memory
-                .clone()
-                .or_else(|| case.vm.memory.clone())
-                .unwrap_or_else(|| "1G".into()),
-            cpus: opts
-                .cpus
-                .or(case.vm.cpus)
-                .unwrap_or(run::default_cpus(opts.accel)),
-            accel: opts.accel,
-            root: opts.root.clone(),
-            modules: kernel.release.clone().zip(kernel.modules.clone()),
-        };
+        let cfg = run::vm_config(case, kernel, opts, vec![], tmp.path(), "true".into());
         let t = Instant::now();
         let l = vm::launch(
             &cfg,

@@ -202,6 +202,29 @@ pub fn to_json(v: &impl serde::Serialize) -> String {
     serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
 
+/// How a pair came out, for tables: the first run's result and whether it matched.
+enum PairMark {
+    Ok,
+    Flaky,
+    Mismatch,
+}
+
+fn pair_cells(r: &crate::matrix::PairResult) -> (String, PairMark) {
+    let result = r
+        .runs
+        .first()
+        .map(crate::matrix::describe)
+        .unwrap_or_else(|| "not run".into());
+    let mark = if !r.ok() {
+        PairMark::Mismatch
+    } else if r.flaky() {
+        PairMark::Flaky
+    } else {
+        PairMark::Ok
+    };
+    (result, mark)
+}
+
 /// The matrix as a Markdown table (for `$GITHUB_STEP_SUMMARY`).
 pub fn matrix_markdown(results: &[crate::matrix::PairResult]) -> String {
     let mut s = String::from(
@@ -210,15 +233,11 @@ pub fn matrix_markdown(results: &[crate::matrix::PairResult]) -> String {
     for r in results {
         let (lo, med, hi) = r.durations();
         let v = r.runs.first();
-        let result = v
-            .map(crate::matrix::describe)
-            .unwrap_or_else(|| "not run".into());
-        let mark = if !r.ok() {
-            "❌ mismatch"
-        } else if r.flaky() {
-            "⚠️ flaky"
-        } else {
-            "✅"
+        let (result, mark) = pair_cells(r);
+        let mark = match mark {
+            PairMark::Mismatch => "❌ mismatch",
+            PairMark::Flaky => "⚠️ flaky",
+            PairMark::Ok => "✅",
         };
         let times = if r.runs.len() > 1 {
             format!("{lo:.0}/{med:.0}/{hi:.0} s ×{}", r.runs.len())
@@ -322,17 +341,11 @@ pub fn matrix_table(results: &[crate::matrix::PairResult]) -> String {
     );
     for r in results {
         let (_, med, _) = r.durations();
-        let result = r
-            .runs
-            .first()
-            .map(crate::matrix::describe)
-            .unwrap_or_else(|| "not run".into());
-        let mark = if !r.ok() {
-            "✗ MISMATCH"
-        } else if r.flaky() {
-            "! flaky"
-        } else {
-            "✓"
+        let (result, mark) = pair_cells(r);
+        let mark = match mark {
+            PairMark::Mismatch => "✗ MISMATCH",
+            PairMark::Flaky => "! flaky",
+            PairMark::Ok => "✓",
         };
         let _ = writeln!(
             s,

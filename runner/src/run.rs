@@ -139,6 +139,35 @@ pub struct CaseRun {
     pub seconds: f64,
 }
 
+/// The VM settings of a boot: the case's `vm:` values, overridden by the options.
+pub fn vm_config(
+    case: &Case,
+    kernel: &Kernel,
+    opts: &RunOptions,
+    disks: Vec<(String, PathBuf)>,
+    rwdir: &Path,
+    exec: String,
+) -> VmConfig {
+    VmConfig {
+        kernel: kernel.image.clone(),
+        disks,
+        rwdir: rwdir.to_path_buf(),
+        exec,
+        memory: opts
+            .memory
+            .clone()
+            .or_else(|| case.vm.memory.clone())
+            .unwrap_or_else(|| "1G".into()),
+        cpus: opts
+            .cpus
+            .or(case.vm.cpus)
+            .unwrap_or(default_cpus(opts.accel)),
+        accel: opts.accel,
+        root: opts.root.clone(),
+        modules: kernel.release.clone().zip(kernel.modules.clone()),
+    }
+}
+
 /// vCPUs when neither the case nor the user says: 1 under TCG (with several vCPUs, software
 /// emulation races the kernel's live code patching: seen here as `Oops: int3` at boot), 2 on KVM.
 pub fn default_cpus(accel: Accel) -> u32 {
@@ -349,28 +378,19 @@ fn run_boot(
         let bdir = guest::boot_dir(results, b);
         let _ = std::fs::remove_dir_all(&bdir);
         let script = guest::prepare_boot(case, b, results, carried)?;
-        let cfg = VmConfig {
-            kernel: kernel.image.clone(),
-            disks: case
-                .disks
-                .iter()
-                .map(|d| (d.name.clone(), disk_path(work, &d.name)))
-                .collect(),
-            rwdir: results.to_path_buf(),
-            exec: format!("sh {}", script.display()),
-            memory: opts
-                .memory
-                .clone()
-                .or_else(|| case.vm.memory.clone())
-                .unwrap_or_else(|| "1G".into()),
-            cpus: opts
-                .cpus
-                .or(case.vm.cpus)
-                .unwrap_or(default_cpus(opts.accel)),
-            accel: opts.accel,
-            root: opts.root.clone(),
-            modules: kernel.release.clone().zip(kernel.modules.clone()),
-        };
+        let disks = case
+            .disks
+            .iter()
+            .map(|d| (d.name.clone(), disk_path(work, &d.name)))
+            .collect();
+        let cfg = vm_config(
+            case,
+            kernel,
+            opts,
+            disks,
+            results,
+            format!("sh {}", script.display()),
+        );
         events(Event::BootStart {
             boot: b,
             boots: case.boots.len(),
