@@ -313,6 +313,12 @@ pub fn matrix_junit(results: &[crate::matrix::PairResult]) -> String {
                 v.cache_target.clone().unwrap_or_default(),
             ));
             tc.add_property(quick_junit::Property::new("outcome", describe_short(v)));
+            for (tool, version) in &v.tools {
+                tc.add_property(quick_junit::Property::new(
+                    format!("guest.{tool}"),
+                    version.clone(),
+                ));
+            }
             suite.add_test_case(tc);
         }
         if r.runs.is_empty() {
