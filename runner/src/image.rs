@@ -19,6 +19,10 @@ pub struct Recipe {
     #[serde(default = "minbase")]
     pub variant: String,
     pub packages: Vec<String>,
+    /// Extra apt suites for the image's apt (`updates`, `security`): Debian's current kernels
+    /// are published in `<suite>-security`.
+    #[serde(default)]
+    pub apt_suites: Vec<String>,
 }
 
 fn minbase() -> String {
@@ -44,6 +48,27 @@ pub fn load_recipe(name: &str) -> Result<(Recipe, String)> {
     }
     let key = format!("{:x}", Sha256::digest(text.as_bytes()))[..12].to_string();
     Ok((r, key))
+}
+
+/// apt source lines for the extra suites, derived from the first `deb URL SUITE COMPONENTS` line
+/// debootstrap wrote (so the mirror is whatever debootstrap chose).
+pub fn extra_sources(sources_list: &str, extra: &[String]) -> Result<String> {
+    let line = sources_list
+        .lines()
+        .find(|l| l.starts_with("deb "))
+        .ok_or_else(|| anyhow::anyhow!("no `deb` line in the image's sources.list"))?;
+    let f: Vec<&str> = line.split_whitespace().collect();
+    anyhow::ensure!(f.len() >= 4, "cannot read the apt source `{line}`");
+    let (url, suite, comps) = (f[1].trim_end_matches('/'), f[2], f[3..].join(" "));
+    let mut out = String::new();
+    for e in extra {
+        match e.as_str() {
+            "updates" => out += &format!("deb {url} {suite}-updates {comps}\n"),
+            "security" => out += &format!("deb {url}-security {suite}-security {comps}\n"),
+            other => bail!("unknown apt suite `{other}` (use updates, security)"),
+        }
+    }
+    Ok(out)
 }
 
 /// The `debootstrap` command line for a recipe (target last).
@@ -108,6 +133,12 @@ pub fn build(name: &str, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
             log[log.len().saturating_sub(15)..].join("\n")
         );
     }
+    if !r.apt_suites.is_empty() {
+        let list = tmp.join("etc/apt/sources.list");
+        let text = std::fs::read_to_string(&list).unwrap_or_default();
+        let extra = extra_sources(&text, &r.apt_suites)?;
+        std::fs::write(&list, format!("{text}{extra}"))?;
+    }
     let versions = Command::new("chroot")
         .arg(&tmp)
         .args(["dpkg-query", "-W", "-f", "${Package} ${Version}\\n"])
@@ -139,11 +170,13 @@ fn any_image() -> Option<PathBuf> {
     v.pop().map(|(_, p)| p)
 }
 
-/// `apt-get`/`apt-cache` run in `dir`: the host's on Debian; elsewhere inside a built image
+/// `apt-get`/`apt-cache` run in `dir`: the host's on Debian (or with `DMCACHE_VMTEST_HOST_APT`);
+/// elsewhere (or with `DMCACHE_VMTEST_IMAGE_APT`) inside a built image
 /// (Debian's apt), with `dir` bind-visible as the image's `/tmp/dmt-apt`.  Returns the command
 /// and the directory where its downloads land on the host.
 pub fn apt_command(program: &str, dir: &Path) -> Result<(Command, PathBuf)> {
-    if host_is_debian() || std::env::var_os("DMCACHE_VMTEST_HOST_APT").is_some() {
+    let force_image = std::env::var_os("DMCACHE_VMTEST_IMAGE_APT").is_some();
+    if !force_image && (host_is_debian() || std::env::var_os("DMCACHE_VMTEST_HOST_APT").is_some()) {
         let mut c = Command::new(program);
         c.current_dir(dir);
         return Ok((c, dir.to_path_buf()));
