@@ -218,5 +218,22 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("no image recipe"));
+        assert_eq!(r.apt_suites, vec!["updates", "security"]);
+    }
+
+    #[test]
+    fn extra_suites_follow_the_mirror_debootstrap_chose() {
+        let got = extra_sources(
+            "deb http://mirror.example/debian bookworm main\n",
+            &["updates".into(), "security".into()],
+        )
+        .unwrap();
+        assert_eq!(
+            got,
+            "deb http://mirror.example/debian bookworm-updates main\n\
+             deb http://mirror.example/debian-security bookworm-security main\n"
+        );
+        assert!(extra_sources("", &["updates".into()]).is_err());
+        assert!(extra_sources("deb http://m/d bookworm main\n", &["backports".into()]).is_err());
     }
 }
