@@ -1069,13 +1069,17 @@ fn first_line(e: &anyhow::Error) -> String {
 }
 
 /// Run a command, capturing output; error with its output tail on failure.
-fn run_checked(cwd: &Path, argv: &[&str]) -> Result<String> {
+/// Runs `argv` in `cwd` with the build environment; its output, whatever the exit status.
+fn output_of(cwd: &Path, argv: &[&str]) -> Result<std::process::Output> {
     let mut cmd = Command::new(argv[0]);
     cmd.args(&argv[1..]).current_dir(cwd).stdin(Stdio::null());
     make_env(&mut cmd);
-    let out = cmd
-        .output()
-        .with_context(|| format!("running {}", argv.join(" ")))?;
+    cmd.output()
+        .with_context(|| format!("running {}", argv.join(" ")))
+}
+
+fn run_checked(cwd: &Path, argv: &[&str]) -> Result<String> {
+    let out = output_of(cwd, argv)?;
     let mut all = String::from_utf8_lossy(&out.stdout).into_owned();
     all.push_str(&String::from_utf8_lossy(&out.stderr));
     if !out.status.success() {
@@ -1091,12 +1095,7 @@ fn run_checked(cwd: &Path, argv: &[&str]) -> Result<String> {
 }
 
 fn command_stdout(cwd: &Path, argv: &[&str]) -> Result<String> {
-    let mut cmd = Command::new(argv[0]);
-    cmd.args(&argv[1..]).current_dir(cwd).stdin(Stdio::null());
-    make_env(&mut cmd);
-    let out = cmd
-        .output()
-        .with_context(|| format!("running {}", argv.join(" ")))?;
+    let out = output_of(cwd, argv)?;
     if !out.status.success() {
         bail!(
             "`{}` failed: {}",

@@ -23,13 +23,7 @@ impl Progress {
     pub fn new(prefix: &str) -> Self {
         let bar = ProgressBar::new_spinner();
         bar.set_style(spinner_style());
-        bar.set_prefix(prefix.to_string());
-        bar.enable_steady_tick(Duration::from_millis(250));
-        Progress {
-            bar,
-            prefix: prefix.to_string(),
-            boot: String::new(),
-        }
+        Self::with_bar(bar, prefix)
     }
 
     pub fn with_bar(bar: ProgressBar, prefix: &str) -> Self {
