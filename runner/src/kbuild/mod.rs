@@ -1,0 +1,354 @@
+//! Building a small x86_64 bzImage (dm-cache built in) from a Linux source tree plus
+//! patches, for booting with virtme-ng.
+//!
+//! Layout under the cache root (see [`crate::cache`]):
+//!
+//! ```text
+//! src/linux-source-6.12_<version>/tree    unpacked Debian source (read-only for us)
+//! builds/<srckey>-<cfgkey>/tree           ONE configured build tree per source + fragments
+//! builds/<srckey>-<cfgkey>/config.base    the merged, verified .config of that tree
+//! builds/<srckey>-<cfgkey>/pristine/…     pristine copies of the files patches touch
+//! builds/<srckey>-<cfgkey>/state.json     which patch set is applied, which files it touched
+//! builds/<srckey>-<cfgkey>/build.log      log of the latest `make` (also copied to out/)
+//! builds/out/<variantkey>/                bzImage, config, release, build.log, info.json
+//! ccache/                                 CCACHE_DIR
+//! ```
+//!
+//! A variant is "source identity + patch contents (in order) + merged config";
+//! `variantkey = sha256` of those.  If `builds/out/<variantkey>` exists the build is a
+//! cache hit and `make` is not run at all.  Otherwise the build tree is reset to pristine
+//! (every file the previously applied patches touched is copied back from `pristine/`,
+//! with a new mtime so make rebuilds exactly those objects), the requested patches are
+//! applied with `patch -p1 --forward --batch`, and `make -jN bzImage` runs
+//! incrementally.  The user's tree is never modified.
+//!
+//! Config: `vng --kconfig` (virtme-ng's minimal config; fallback `make defconfig`), then
+//! the fragments are merged again with `scripts/kconfig/merge_config.sh -m` (vng appends
+//! its own defaults after user fragments) and `make olddefconfig`; finally every option
+//! the fragments set is checked in `.config` — a dropped option is an error naming the
+//! fragment file and line.  The release string carries a per-variant tag
+//! (`LOCALVERSION=-dmt<8 hex of variantkey>`, `LOCALVERSION_AUTO=n`), so `uname -r`
+//! tells variants apart.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+mod config;
+mod exec;
+mod patch;
+mod source;
+
+pub use source::SourceSpec;
+
+use config::{check_fragments, file_name_starts, prepare_tree, Fragment};
+use exec::{command_stdout, run_logged};
+use patch::{apply_patch_set, patch_bytes, patch_paths, PatchInput};
+use source::{ensure_source, source_identity};
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct BuildRequest {
+    /// Where the source comes from.
+    pub src: SourceSpec,
+    /// Patches applied in order with `patch -p1`.
+    pub patches: Vec<PathBuf>,
+    /// Kconfig fragments, merged in order; empty means [`default_kconfigs`].
+    pub kconfigs: Vec<PathBuf>,
+    /// `make -jN`.
+    pub jobs: usize,
+}
+
+/// Where the kernel source comes from.
+/// A built (or cached) kernel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BuiltKernel {
+    /// `builds/out/<key>/bzImage`.
+    pub bzimage: PathBuf,
+    /// `builds/out/<key>/config` (the kernel's .config).
+    pub config: PathBuf,
+    /// `make -s kernelrelease`, e.g. `6.12.117-dmt1a2b3c4d`.
+    pub release: String,
+    /// The output already existed; `make` was not run.
+    pub cache_hit: bool,
+    /// Wall-clock seconds spent in [`build`] (everything: fetch, configure, patch, make).
+    pub build_secs: f64,
+    /// The variant key (sha256 hex of source identity + patch contents + merged config).
+    pub key: String,
+}
+
+/// `kconfigs/dm-cache.config` of this repository.
+pub fn default_kconfigs() -> Vec<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kconfigs/dm-cache.config");
+    vec![p.canonicalize().unwrap_or(p)]
+}
+
+/// Options forced for every build, merged before the user's fragments.
+const INTERNAL_FRAGMENT: &str = "\
+# dmcache-vmtest: the release tag comes from LOCALVERSION=-dmt<variant> on the make command line
+CONFIG_LOCALVERSION=\"\"
+# CONFIG_LOCALVERSION_AUTO is not set
+";
+
+/// Build (or find in the cache) the kernel `req` describes.
+pub fn build(req: &BuildRequest, progress: &mut dyn FnMut(&str)) -> Result<BuiltKernel> {
+    let t0 = Instant::now();
+    let jobs = req.jobs.max(1);
+
+    // Inputs: fragments and patches, read once (their contents are what the keys hash).
+    let kconfigs = if req.kconfigs.is_empty() {
+        default_kconfigs()
+    } else {
+        req.kconfigs.clone()
+    };
+    let mut frags = vec![Fragment::parse(
+        "<dmcache-vmtest internal>",
+        INTERNAL_FRAGMENT,
+    )?];
+    for k in &kconfigs {
+        let text = fs::read_to_string(k)
+            .with_context(|| format!("reading kconfig fragment {}", k.display()))?;
+        frags.push(Fragment::parse(&k.display().to_string(), &text)?);
+    }
+    let mut patches = Vec::new();
+    for p in &req.patches {
+        let bytes = fs::read(p).with_context(|| format!("reading patch {}", p.display()))?;
+        let text = String::from_utf8_lossy(&bytes);
+        let files = patch_paths(&text).with_context(|| format!("patch {}", p.display()))?;
+        if files.is_empty() {
+            bail!(
+                "patch {} touches no files (no `--- a/…`/`+++ b/…` headers)",
+                p.display()
+            );
+        }
+        patches.push(PatchInput {
+            path: p.clone(),
+            bytes,
+            files,
+        });
+    }
+
+    // Identity and keys.
+    progress(&format!("resolving source {}", req.src));
+    let ident = source_identity(&req.src)?;
+    let srckey = short_hash(ident.identity.as_bytes());
+    let cfgkey = config_key(&frags);
+    let bdir = crate::cache::dir("builds").join(format!("{srckey}-{cfgkey}"));
+    let outroot = crate::cache::dir("builds").join("out");
+
+    // Fast path: a configured tree records its merged config; with it we know the key.
+    if let Ok(base) = fs::read_to_string(bdir.join("config.base")) {
+        let key = variant_key(&ident.identity, &patch_bytes(&patches), &base);
+        if let Some(k) = load_output(&outroot.join(&key), &key, t0)? {
+            progress(&format!(
+                "cache hit: {} ({})",
+                k.release,
+                k.bzimage.display()
+            ));
+            return Ok(k);
+        }
+    }
+
+    fs::create_dir_all(&bdir).with_context(|| format!("creating {}", bdir.display()))?;
+    let lock = fs::File::create(bdir.join("lock")).context("creating build lock")?;
+    if lock.try_lock().is_err() {
+        progress("waiting for another build in the same tree");
+        lock.lock().context("locking build tree")?;
+    }
+    fs::write(bdir.join("source.txt"), format!("{}\n", ident.identity))?;
+
+    let tree = bdir.join("tree");
+    if !bdir.join("configured").exists() {
+        let src = ensure_source(&req.src, &ident, progress)?;
+        prepare_tree(&src, &bdir, &tree, &frags, progress)?;
+    }
+    let base = fs::read_to_string(bdir.join("config.base")).context("reading config.base")?;
+    let key = variant_key(&ident.identity, &patch_bytes(&patches), &base);
+    let outdir = outroot.join(&key);
+    if let Some(k) = load_output(&outdir, &key, t0)? {
+        progress(&format!(
+            "cache hit: {} ({})",
+            k.release,
+            k.bzimage.display()
+        ));
+        return Ok(k);
+    }
+    let tag = format!("-dmt{}", &key[..8]);
+
+    // Patches.
+    apply_patch_set(&bdir, &tree, &patches, progress)?;
+
+    // Config: back to the base config (a patch that touched Kconfig may have changed it).
+    let cur = fs::read_to_string(tree.join(".config")).unwrap_or_default();
+    if cur != base {
+        fs::write(tree.join(".config"), &base)?;
+    }
+    let log = bdir.join("build.log");
+    if patches
+        .iter()
+        .any(|p| p.files.iter().any(|f| file_name_starts(f, "Kconfig")))
+    {
+        progress("a patch touches Kconfig: make olddefconfig");
+        run_logged(&tree, &["make", "olddefconfig"], &log, false, progress)?;
+        let now = fs::read_to_string(tree.join(".config"))?;
+        check_fragments(&frags, &now)?;
+    }
+
+    // make.
+    progress(&format!("make -j{jobs} bzImage (LOCALVERSION={tag})"));
+    let tm = Instant::now();
+    let j = format!("-j{jobs}");
+    let lv = format!("LOCALVERSION={tag}");
+    run_logged(&tree, &["make", &j, &lv, "bzImage"], &log, true, progress)?;
+    let make_secs = tm.elapsed().as_secs_f64();
+    let release = command_stdout(&tree, &["make", "-s", &lv, "kernelrelease"])?;
+    if !release.ends_with(&tag) {
+        bail!("kernel release `{release}` does not end with the variant tag `{tag}`");
+    }
+    progress(&format!("built {release} in {make_secs:.0} s"));
+
+    // Output, atomically.
+    fs::create_dir_all(&outroot)?;
+    let tmp = outroot.join(format!("{key}.tmp{}", std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir_all(&tmp)?;
+    fs::copy(tree.join("arch/x86/boot/bzImage"), tmp.join("bzImage")).context("copying bzImage")?;
+    fs::copy(tree.join(".config"), tmp.join("config")).context("copying .config")?;
+    let _ = fs::copy(&log, tmp.join("build.log"));
+    fs::write(tmp.join("release"), format!("{release}\n"))?;
+    let info = serde_json::json!({
+        "source": ident.identity,
+        "patches": patches.iter().map(|p| p.path.display().to_string()).collect::<Vec<_>>(),
+        "kconfigs": kconfigs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "release": release,
+        "make_secs": make_secs,
+        "build_tree": tree.display().to_string(),
+    });
+    fs::write(
+        tmp.join("info.json"),
+        serde_json::to_string_pretty(&info)? + "\n",
+    )?;
+    if fs::rename(&tmp, &outdir).is_err() {
+        // Someone else finished the same variant first; theirs is as good as ours.
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    Ok(BuiltKernel {
+        bzimage: outdir.join("bzImage"),
+        config: outdir.join("config"),
+        release,
+        cache_hit: false,
+        build_secs: t0.elapsed().as_secs_f64(),
+        key,
+    })
+}
+
+fn sha_hex(parts: &[&[u8]]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        // Length-prefixed, so ("ab","c") and ("a","bc") differ.
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn short_hash(b: &[u8]) -> String {
+    sha_hex(&[b])[..12].to_string()
+}
+
+/// sha256 over the source identity, each patch's contents in order, and the merged config.
+pub(crate) fn variant_key(identity: &str, patches: &[&[u8]], merged_config: &str) -> String {
+    let mut parts: Vec<&[u8]> = vec![b"dmcache-vmtest variant v1", identity.as_bytes()];
+    let n = patches.len().to_string();
+    parts.push(n.as_bytes());
+    parts.extend_from_slice(patches);
+    parts.push(merged_config.as_bytes());
+    sha_hex(&parts)
+}
+
+/// Which configured tree: the virtme-ng version (its `--kconfig` output) and the
+/// fragments' contents in order (not their paths).
+fn config_key(frags: &[Fragment]) -> String {
+    let vng = Command::new("vng")
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|_| "no-vng".into());
+    let mut parts: Vec<&[u8]> = vec![b"dmcache-vmtest config v1", vng.as_bytes()];
+    for f in frags {
+        parts.push(f.text.as_bytes());
+    }
+    sha_hex(&parts)[..12].to_string()
+}
+
+fn load_output(outdir: &Path, key: &str, t0: Instant) -> Result<Option<BuiltKernel>> {
+    let (bz, cfg, rel) = (
+        outdir.join("bzImage"),
+        outdir.join("config"),
+        outdir.join("release"),
+    );
+    if !(bz.is_file() && cfg.is_file() && rel.is_file()) {
+        return Ok(None);
+    }
+    let release = fs::read_to_string(&rel)?.trim().to_string();
+    Ok(Some(BuiltKernel {
+        bzimage: bz,
+        config: cfg,
+        release,
+        cache_hit: true,
+        build_secs: t0.elapsed().as_secs_f64(),
+        key: key.to_string(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variant_key_is_stable_and_sensitive() {
+        let cfg = "CONFIG_DM_CACHE=y\n";
+        let p1: &[u8] = b"--- a/x\n+++ b/x\n";
+        let p2: &[u8] = b"--- a/y\n+++ b/y\n";
+        let k = variant_key("debian:linux-source-6.12=6.12.117-1~deb12u1", &[p1], cfg);
+        assert_eq!(k.len(), 64);
+        assert_eq!(
+            k,
+            variant_key("debian:linux-source-6.12=6.12.117-1~deb12u1", &[p1], cfg)
+        );
+        assert_ne!(
+            k,
+            variant_key("debian:linux-source-6.12=6.12.117-1~deb12u1", &[p2], cfg)
+        );
+        assert_ne!(
+            k,
+            variant_key("debian:linux-source-6.12=6.12.117-1~deb12u1", &[], cfg)
+        );
+        assert_ne!(
+            k,
+            variant_key("debian:linux-source-6.12=6.12.115-2~deb12u1", &[p1], cfg)
+        );
+        assert_ne!(
+            k,
+            variant_key(
+                "debian:linux-source-6.12=6.12.117-1~deb12u1",
+                &[p1],
+                "CONFIG_DM_CACHE=m\n"
+            )
+        );
+        // Order matters, and concatenation is not ambiguous.
+        assert_ne!(
+            variant_key("s", &[p1, p2], cfg),
+            variant_key("s", &[p2, p1], cfg)
+        );
+        assert_ne!(
+            variant_key("s", &[b"ab", b"c"], cfg),
+            variant_key("s", &[b"a", b"bc"], cfg)
+        );
+    }
+}

@@ -1,0 +1,328 @@
+//! Patches on the shared build tree: which files they touch, pristine copies, apply,
+//! and reset back to pristine.
+
+use super::sha_hex;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::path::{Component, Path, PathBuf};
+use std::process::{Command, Stdio};
+
+pub(super) struct PatchInput {
+    pub(super) path: PathBuf,
+    pub(super) bytes: Vec<u8>,
+    pub(super) files: Vec<String>,
+}
+
+pub(super) fn patch_bytes(p: &[PatchInput]) -> Vec<&[u8]> {
+    p.iter().map(|p| p.bytes.as_slice()).collect()
+}
+
+/// The files a unified diff touches (`-p1`), in order, without duplicates.  Reads
+/// `--- a/X` + `+++ b/Y` header pairs and git `rename/copy from/to` lines.
+pub(crate) fn patch_paths(text: &str) -> Result<Vec<String>> {
+    fn strip1(p: &str) -> Option<String> {
+        let p = p.split('\t').next().unwrap_or(p).trim_end();
+        let p = p.trim_matches('"');
+        if p == "/dev/null" {
+            return None;
+        }
+        Some(p.split_once('/').map(|x| x.1).unwrap_or(p).to_string())
+    }
+    let mut out: Vec<String> = Vec::new();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut push = |p: String| -> Result<()> {
+        let path = Path::new(&p);
+        if p.is_empty()
+            || path.is_absolute()
+            || path
+                .components()
+                .any(|c| !matches!(c, Component::Normal(_)))
+        {
+            bail!("refusing path `{p}` in patch (must be relative, without `..`)");
+        }
+        if !out.contains(&p) {
+            out.push(p);
+        }
+        Ok(())
+    };
+    for (i, l) in lines.iter().enumerate() {
+        if let (Some(a), Some(b)) = (
+            l.strip_prefix("--- "),
+            lines.get(i + 1).and_then(|n| n.strip_prefix("+++ ")),
+        ) {
+            for p in [a, b].into_iter().filter_map(strip1) {
+                push(p)?;
+            }
+        } else if let Some(p) = ["rename from ", "rename to ", "copy from ", "copy to "]
+            .iter()
+            .find_map(|pre| l.strip_prefix(pre))
+        {
+            push(p.trim().to_string())?;
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(super) struct TreeState {
+    /// sha256 of the applied patch set; `None` = pristine (or unknown if `touched` is set).
+    pub(super) applied: Option<String>,
+    /// Display names of the applied patches (for humans).
+    pub(super) patches: Vec<String>,
+    /// Files (relative to the tree) that the applied/being-applied patches touch and
+    /// whether each existed in the pristine tree (copy in `pristine/`).
+    pub(super) touched: Vec<(String, bool)>,
+}
+
+pub(super) fn read_state(bdir: &Path) -> Result<TreeState> {
+    match fs::read_to_string(bdir.join("state.json")) {
+        Ok(s) => serde_json::from_str(&s).context("parsing state.json"),
+        Err(_) => Ok(TreeState::default()),
+    }
+}
+
+pub(super) fn write_state(bdir: &Path, st: &TreeState) -> Result<()> {
+    let tmp = bdir.join("state.json.tmp");
+    fs::write(&tmp, serde_json::to_string_pretty(st)?)?;
+    fs::rename(&tmp, bdir.join("state.json"))?;
+    Ok(())
+}
+
+/// Put every file in `st.touched` back to pristine (new mtime → make rebuilds it).
+pub(super) fn reset_tree(bdir: &Path, tree: &Path, st: &mut TreeState) -> Result<()> {
+    let pristine = bdir.join("pristine");
+    for (f, existed) in &st.touched {
+        let dst = tree.join(f);
+        for junk in [".rej", ".orig"] {
+            let _ = fs::remove_file(format!("{}{junk}", dst.display()));
+        }
+        if *existed {
+            let src = pristine.join(f);
+            // Remove first: fs::copy onto a hard link or read-only file would be wrong.
+            let _ = fs::remove_file(&dst);
+            if let Some(d) = dst.parent() {
+                fs::create_dir_all(d)?;
+            }
+            fs::copy(&src, &dst).with_context(|| format!("restoring pristine {f}"))?;
+        } else if dst.exists() {
+            fs::remove_file(&dst).with_context(|| format!("removing patch-created {f}"))?;
+        }
+    }
+    st.applied = None;
+    st.patches.clear();
+    st.touched.clear();
+    write_state(bdir, st)
+}
+
+pub(super) fn apply_patch_set(
+    bdir: &Path,
+    tree: &Path,
+    patches: &[PatchInput],
+    progress: &mut dyn FnMut(&str),
+) -> Result<()> {
+    let want = sha_hex(&patch_bytes(patches));
+    let mut st = read_state(bdir)?;
+    if st.applied.as_deref() == Some(want.as_str()) {
+        progress("patch set already applied in the build tree");
+        return Ok(());
+    }
+    if !st.touched.is_empty() {
+        progress(&format!(
+            "resetting {} patched file(s) to pristine",
+            st.touched.len()
+        ));
+        reset_tree(bdir, tree, &mut st)?;
+    }
+    if patches.is_empty() {
+        st.applied = Some(want);
+        return write_state(bdir, &st);
+    }
+
+    // Save pristine copies of everything the patches may touch, then record them
+    // BEFORE patching so an interrupted run can still be reset.
+    let pristine = bdir.join("pristine");
+    let mut touched: Vec<(String, bool)> = Vec::new();
+    for f in patches.iter().flat_map(|p| p.files.iter()) {
+        if touched.iter().any(|(t, _)| t == f) {
+            continue;
+        }
+        let src = tree.join(f);
+        let existed = src.is_file();
+        if existed {
+            let dst = pristine.join(f);
+            fs::create_dir_all(dst.parent().unwrap())?;
+            fs::copy(&src, &dst).with_context(|| format!("saving pristine {f}"))?;
+        }
+        touched.push((f.clone(), existed));
+    }
+    st.touched = touched;
+    st.patches = patches
+        .iter()
+        .map(|p| p.path.display().to_string())
+        .collect();
+    write_state(bdir, &st)?;
+
+    let pdir = bdir.join("patches");
+    let _ = fs::remove_dir_all(&pdir);
+    fs::create_dir_all(&pdir)?;
+    for (i, p) in patches.iter().enumerate() {
+        let name = p
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        progress(&format!("applying {name}"));
+        let copy = pdir.join(format!("{i:02}-{name}"));
+        fs::write(&copy, &p.bytes)?;
+        let out = Command::new("patch")
+            .args([
+                "-p1",
+                "--forward",
+                "--batch",
+                "--no-backup-if-mismatch",
+                "-i",
+            ])
+            .arg(&copy)
+            .current_dir(tree)
+            .stdin(Stdio::null())
+            .output()
+            .context("running patch")?;
+        let mut msg = String::from_utf8_lossy(&out.stdout).into_owned();
+        msg.push_str(&String::from_utf8_lossy(&out.stderr));
+        if !out.status.success() {
+            let mut rejects = String::new();
+            for f in &p.files {
+                if let Ok(r) = fs::read_to_string(tree.join(format!("{f}.rej"))) {
+                    rejects.push_str(&format!("\n--- rejected hunks for {f} ---\n{r}"));
+                }
+            }
+            reset_tree(bdir, tree, &mut st).context("restoring the tree after a failed patch")?;
+            bail!(
+                "patch {} does not apply to {} (the build tree was restored to pristine):\n{}{}",
+                p.path.display(),
+                tree.display(),
+                msg.trim_end(),
+                rejects
+            );
+        }
+        for l in msg
+            .lines()
+            .filter(|l| l.contains("Hunk") || l.contains("fuzz"))
+        {
+            progress(&format!("  {l}"));
+        }
+    }
+    st.applied = Some(want);
+    write_state(bdir, &st)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patch_paths_from_headers() {
+        let text = "\
+From: x
+Subject: y
+---
+ drivers/md/a.c | 2 +-
+ 1 file changed
+
+diff --git a/drivers/md/a.c b/drivers/md/a.c
+--- a/drivers/md/a.c\t2024-01-01
++++ b/drivers/md/a.c\t2024-01-02
+@@ -1 +1 @@
+--- removed line that looks like a header
++x
+--- /dev/null
++++ b/drivers/md/new.c
+@@ -0,0 +1 @@
++y
+diff --git a/old.c b/new2.c
+rename from old.c
+rename to new2.c
+";
+        assert_eq!(
+            patch_paths(text).unwrap(),
+            vec!["drivers/md/a.c", "drivers/md/new.c", "old.c", "new2.c"]
+        );
+        assert!(patch_paths("--- a/../etc/passwd\n+++ b/../etc/passwd\n").is_err());
+    }
+
+    #[test]
+    fn shipped_patches_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../patches");
+        let nc =
+            fs::read_to_string(dir.join("negative-control-allow-dirty-passthrough-6.12.patch"))
+                .unwrap();
+        assert_eq!(
+            patch_paths(&nc).unwrap(),
+            vec!["drivers/md/dm-cache-target.c"]
+        );
+        let fix = fs::read_to_string(dir.join("a373b3d5289e-on-linux-6.12.117.patch")).unwrap();
+        assert_eq!(
+            patch_paths(&fix).unwrap(),
+            vec![
+                "drivers/md/dm-cache-metadata.c",
+                "drivers/md/dm-cache-metadata.h",
+                "drivers/md/dm-cache-target.c"
+            ]
+        );
+    }
+
+    #[test]
+    fn apply_and_reset_roundtrip() {
+        let d = tempfile::tempdir().unwrap();
+        let (bdir, tree) = (d.path().join("b"), d.path().join("b/tree"));
+        fs::create_dir_all(tree.join("src")).unwrap();
+        fs::write(tree.join("src/a.c"), "one\ntwo\nthree\n").unwrap();
+        let mk = |name: &str, body: &str| {
+            let path = d.path().join(name);
+            fs::write(&path, body).unwrap();
+            PatchInput {
+                path,
+                bytes: body.as_bytes().to_vec(),
+                files: patch_paths(body).unwrap(),
+            }
+        };
+        let good = mk(
+            "good.patch",
+            "--- a/src/a.c\n+++ b/src/a.c\n@@ -1,3 +1,3 @@\n one\n-two\n+TWO\n three\n--- /dev/null\n+++ b/src/new.c\n@@ -0,0 +1 @@\n+new\n",
+        );
+        let bad = mk(
+            "bad.patch",
+            "--- a/src/a.c\n+++ b/src/a.c\n@@ -1,3 +1,3 @@\n uno\n-dos\n+DOS\n tres\n",
+        );
+        let mut p = |_: &str| {};
+        apply_patch_set(&bdir, &tree, std::slice::from_ref(&good), &mut p).unwrap();
+        assert_eq!(
+            fs::read_to_string(tree.join("src/a.c")).unwrap(),
+            "one\nTWO\nthree\n"
+        );
+        assert!(tree.join("src/new.c").exists());
+        // Same set again: nothing to do.
+        apply_patch_set(&bdir, &tree, std::slice::from_ref(&good), &mut p).unwrap();
+        // A failing set: clear error, tree back to pristine.
+        let e = apply_patch_set(&bdir, &tree, &[good, bad], &mut p)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("bad.patch does not apply") && e.contains("rejected hunks for src/a.c"),
+            "{e}"
+        );
+        assert_eq!(
+            fs::read_to_string(tree.join("src/a.c")).unwrap(),
+            "one\ntwo\nthree\n"
+        );
+        assert!(!tree.join("src/new.c").exists());
+        assert!(!tree.join("src/a.c.rej").exists());
+        // Empty set on a pristine tree.
+        apply_patch_set(&bdir, &tree, &[], &mut p).unwrap();
+        assert_eq!(
+            fs::read_to_string(tree.join("src/a.c")).unwrap(),
+            "one\ntwo\nthree\n"
+        );
+    }
+}

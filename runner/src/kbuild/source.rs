@@ -1,0 +1,330 @@
+//! Where a kernel source comes from: `debian:SERIES` (Debian's linux-source package,
+//! fetched and unpacked once into the cache) or a directory; and its identity.
+
+use super::exec::{run_checked, tail};
+use super::short_hash;
+use anyhow::{anyhow, bail, Context, Result};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::SystemTime;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceSpec {
+    /// A kernel source directory (never modified; copied into the cache).
+    Dir(PathBuf),
+    /// A Debian source package series: `"6.12"` means `linux-source-6.12`.
+    Debian(String),
+}
+
+impl SourceSpec {
+    /// `debian:6.12` (or `debian:linux-source-6.12`), or a kernel source directory.
+    pub fn parse(s: &str) -> Result<SourceSpec> {
+        let s = s.trim();
+        if s.is_empty() {
+            bail!("empty kernel source (write debian:6.12 or a kernel source directory)");
+        }
+        if let Some(v) = s.strip_prefix("debian:") {
+            let v = v.strip_prefix("linux-source-").unwrap_or(v);
+            let ok = !v.is_empty()
+                && v.chars().next().is_some_and(|c| c.is_ascii_digit())
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".+-~".contains(c));
+            if !ok {
+                bail!(
+                    "`{s}`: write debian:SERIES, e.g. debian:6.12 (the package linux-source-6.12)"
+                );
+            }
+            return Ok(SourceSpec::Debian(v.to_string()));
+        }
+        let p = PathBuf::from(s);
+        if !p.is_dir() {
+            bail!("kernel source `{s}` is not a directory (write debian:6.12 or a kernel source directory)");
+        }
+        if !p.join("Makefile").is_file() || !p.join("Kconfig").is_file() {
+            bail!("`{s}` does not look like a Linux source tree (no Makefile/Kconfig at its top)");
+        }
+        Ok(SourceSpec::Dir(p))
+    }
+}
+
+impl std::fmt::Display for SourceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SourceSpec::Dir(p) => write!(f, "{}", p.display()),
+            SourceSpec::Debian(v) => write!(f, "debian:{v}"),
+        }
+    }
+}
+
+pub(super) struct Identity {
+    /// Human-readable and stable: `debian:linux-source-6.12=6.12.117-1~deb12u1`,
+    /// `dir:/abs/path@git:<HEAD>+<diff hash>` or `dir:/abs/path@tree:<hash>`.
+    pub(super) identity: String,
+    /// Debian: the exact package version.
+    pub(super) version: Option<String>,
+}
+
+/// The identity of a source, without fetching it.
+///
+/// * `Debian(series)`: the candidate version of `linux-source-<series>` from `apt-cache
+///   policy` (offline: the newest version already unpacked in the cache).
+/// * `Dir(path)`: the canonical path plus, for a git work tree, `HEAD` and a hash of
+///   `git diff HEAD` (uncommitted changes to tracked files; untracked files are ignored);
+///   otherwise a hash of the top `Makefile` and the newest mtime of any file in the tree
+///   (`.git` excluded).  Touching any file therefore makes a new build tree.
+pub(super) fn source_identity(spec: &SourceSpec) -> Result<Identity> {
+    match spec {
+        SourceSpec::Debian(series) => {
+            let pkg = format!("linux-source-{series}");
+            let version = match apt_candidate(&pkg) {
+                Some(v) => v,
+                None => newest_cached(&pkg).ok_or_else(|| {
+                    anyhow!("no Debian package {pkg} (apt-cache policy has no candidate; try `apt-cache search linux-source`)")
+                })?,
+            };
+            Ok(Identity {
+                identity: format!("debian:{pkg}={version}"),
+                version: Some(version),
+            })
+        }
+        SourceSpec::Dir(p) => {
+            let canon = p
+                .canonicalize()
+                .with_context(|| format!("kernel source {}", p.display()))?;
+            let git = |args: &[&str]| -> Option<Vec<u8>> {
+                let o = Command::new("git")
+                    .arg("-C")
+                    .arg(&canon)
+                    .args(args)
+                    .stdin(Stdio::null())
+                    .output()
+                    .ok()?;
+                o.status.success().then_some(o.stdout)
+            };
+            let is_toplevel = git(&["rev-parse", "--show-toplevel"])
+                .map(|o| Path::new(String::from_utf8_lossy(&o).trim()) == canon)
+                .unwrap_or(false);
+            if is_toplevel {
+                if let Some(head) = git(&["rev-parse", "HEAD"]) {
+                    let diff = git(&["diff", "HEAD"]).unwrap_or_default();
+                    return Ok(Identity {
+                        identity: format!(
+                            "dir:{}@git:{}+{}",
+                            canon.display(),
+                            String::from_utf8_lossy(&head).trim(),
+                            short_hash(&diff)
+                        ),
+                        version: None,
+                    });
+                }
+            }
+            let makefile = fs::read(canon.join("Makefile")).context("reading Makefile")?;
+            let newest = newest_mtime(&canon);
+            Ok(Identity {
+                identity: format!(
+                    "dir:{}@tree:{}",
+                    canon.display(),
+                    short_hash(&[makefile.as_slice(), &newest.to_le_bytes()].concat())
+                ),
+                version: None,
+            })
+        }
+    }
+}
+
+pub(super) fn apt_candidate(pkg: &str) -> Option<String> {
+    let (mut apt, _) = crate::image::apt_command("apt-cache", &std::env::temp_dir()).ok()?;
+    let o = apt
+        .args(["policy", pkg])
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    let s = String::from_utf8_lossy(&o.stdout);
+    let v = s
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Candidate:"))?
+        .trim()
+        .to_string();
+    (!v.is_empty() && v != "(none)").then_some(v)
+}
+
+pub(super) fn debian_src_dir(pkg: &str, version: &str) -> PathBuf {
+    crate::cache::dir("src").join(format!("{pkg}_{version}"))
+}
+
+pub(super) fn newest_cached(pkg: &str) -> Option<String> {
+    let prefix = format!("{pkg}_");
+    let mut vs: Vec<String> = fs::read_dir(crate::cache::dir("src"))
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_prefix(&prefix)
+                .map(String::from)
+        })
+        .filter(|v| debian_src_dir(pkg, v).join("complete").exists())
+        .collect();
+    vs.sort_by(|a, b| version_cmp(a, b));
+    vs.pop()
+}
+
+/// Rough version ordering (numeric runs compared as numbers); enough to pick the newest.
+pub(super) fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    fn parts(s: &str) -> Vec<Result<u64, String>> {
+        let mut out = Vec::new();
+        let mut cur = String::new();
+        for c in s.chars() {
+            if !cur.is_empty() && cur.chars().next().unwrap().is_ascii_digit() != c.is_ascii_digit()
+            {
+                out.push(cur.parse::<u64>().map_err(|_| cur.clone()));
+                cur.clear();
+            }
+            cur.push(c);
+        }
+        if !cur.is_empty() {
+            out.push(cur.parse::<u64>().map_err(|_| cur.clone()));
+        }
+        out
+    }
+    parts(a).cmp(&parts(b))
+}
+
+pub(super) fn newest_mtime(root: &Path) -> u64 {
+    let mut newest = 0u64;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            if e.file_name() == ".git" {
+                continue;
+            }
+            let Ok(md) = e.metadata() else { continue };
+            if let Ok(t) = md.modified() {
+                let ns = t
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(0);
+                newest = newest.max(ns);
+            }
+            if md.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    newest
+}
+
+/// The directory holding the source (Debian: fetched and unpacked once into the cache).
+pub(super) fn ensure_source(
+    spec: &SourceSpec,
+    ident: &Identity,
+    progress: &mut dyn FnMut(&str),
+) -> Result<PathBuf> {
+    match spec {
+        SourceSpec::Dir(p) => Ok(p.canonicalize()?),
+        SourceSpec::Debian(series) => {
+            let pkg = format!("linux-source-{series}");
+            let version = ident
+                .version
+                .as_deref()
+                .expect("debian identity has a version");
+            let dir = debian_src_dir(&pkg, version);
+            let tree = dir.join("tree");
+            if dir.join("complete").exists() && tree.join("Makefile").exists() {
+                return Ok(tree);
+            }
+            let _ = fs::remove_dir_all(&dir);
+            let work = dir.join("work");
+            fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+            progress(&format!("apt-get download {pkg}={version}"));
+            // Debian's apt: the host's, or a built image's on other distributions.
+            let (mut apt, dl) = crate::image::apt_command("apt-get", &work)?;
+            let out = apt
+                .args(["download", &format!("{pkg}={version}")])
+                .stdin(Stdio::null())
+                .output()
+                .with_context(|| format!("running apt-get download {pkg}={version}"))?;
+            if !out.status.success() {
+                bail!(
+                    "apt-get download {pkg}={version} failed: {}",
+                    tail(&String::from_utf8_lossy(&out.stderr), 10)
+                );
+            }
+            if dl != work {
+                for e in fs::read_dir(&dl)?.flatten() {
+                    fs::rename(e.path(), work.join(e.file_name()))?;
+                }
+            }
+            let deb = fs::read_dir(&work)?
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| p.extension().is_some_and(|e| e == "deb"))
+                .ok_or_else(|| {
+                    anyhow!(
+                        "apt-get download {pkg} produced no .deb in {}",
+                        work.display()
+                    )
+                })?;
+            progress(&format!(
+                "dpkg-deb -x {}",
+                deb.file_name().unwrap_or_default().to_string_lossy()
+            ));
+            run_checked(&work, &["dpkg-deb", "-x", &deb.to_string_lossy(), "x"])?;
+            let tarball = work.join(format!("x/usr/src/{pkg}.tar.xz"));
+            if !tarball.is_file() {
+                bail!("{} has no usr/src/{pkg}.tar.xz", deb.display());
+            }
+            progress(&format!("unpacking {pkg}.tar.xz"));
+            run_checked(&work, &["tar", "-xf", &tarball.to_string_lossy()])?;
+            let top = work.join(&pkg);
+            if !top.join("Makefile").is_file() {
+                bail!("{pkg}.tar.xz did not unpack to {pkg}/ with a Makefile");
+            }
+            fs::rename(&top, &tree)?;
+            fs::remove_dir_all(&work)?;
+            fs::write(dir.join("complete"), format!("{pkg}={version}\n"))?;
+            Ok(tree)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_debian_specs() {
+        assert_eq!(
+            SourceSpec::parse("debian:6.12").unwrap(),
+            SourceSpec::Debian("6.12".into())
+        );
+        assert_eq!(
+            SourceSpec::parse(" debian:linux-source-6.1 ").unwrap(),
+            SourceSpec::Debian("6.1".into())
+        );
+        for bad in [
+            "",
+            "debian:",
+            "debian:6.12;rm",
+            "debian:foo",
+            "/nonexistent/dir/xyz",
+        ] {
+            assert!(SourceSpec::parse(bad).is_err(), "{bad:?} should not parse");
+        }
+    }
+
+    #[test]
+    fn parse_dir_spec() {
+        let d = tempfile::tempdir().unwrap();
+        // Not a kernel tree yet.
+        assert!(SourceSpec::parse(d.path().to_str().unwrap()).is_err());
+        fs::write(d.path().join("Makefile"), "VERSION = 6\n").unwrap();
+        fs::write(d.path().join("Kconfig"), "").unwrap();
+        assert_eq!(
+            SourceSpec::parse(d.path().to_str().unwrap()).unwrap(),
+            SourceSpec::Dir(d.path().to_path_buf())
+        );
+    }
+}
