@@ -4,7 +4,7 @@
 //! On a host whose apt is not Debian's (an Ubuntu CI runner), a built image also provides
 //! Debian's apt for `debian:` kernels and `linux-source` (see [`apt_command`]).
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader};
@@ -200,6 +200,50 @@ pub fn apt_command(program: &str, dir: &Path) -> Result<(Command, PathBuf)> {
         "sh",
     ]);
     Ok((c, inside))
+}
+
+/// `apt-get download PKG[=VERSION]` with [`apt_command`]'s apt, into `dir`; the `.deb`'s path.
+pub fn apt_download(spec: &str, dir: &Path) -> Result<PathBuf> {
+    let pkg = spec.split('=').next().unwrap_or(spec);
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let (mut apt, landed) = apt_command("apt-get", dir)?;
+    let out = apt
+        .args(["download", "-q", spec])
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run apt-get")?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let why = err
+            .lines()
+            .find(|l| l.starts_with("E:"))
+            .or_else(|| err.lines().last())
+            .unwrap_or("")
+            .trim();
+        bail!("apt-get download {spec} failed: {why} (does it exist? `apt-cache policy {pkg}`; try `apt-get update`)");
+    }
+    let deb = std::fs::read_dir(&landed)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name().is_some_and(|n| {
+                let n = n.to_string_lossy();
+                n.starts_with(&format!("{pkg}_")) && n.ends_with(".deb")
+            })
+        })
+        .ok_or_else(|| {
+            anyhow!(
+                "apt-get download {spec} left no .deb in {}",
+                landed.display()
+            )
+        })?;
+    if landed == dir {
+        return Ok(deb);
+    }
+    let to = dir.join(deb.file_name().unwrap_or_default());
+    std::fs::rename(&deb, &to)
+        .or_else(|_| std::fs::copy(&deb, &to).and_then(|_| std::fs::remove_file(&deb)))
+        .with_context(|| format!("moving {} to {}", deb.display(), dir.display()))?;
+    Ok(to)
 }
 
 #[cfg(test)]

@@ -386,27 +386,7 @@ pub fn fetch_debian(version: &str, progress: &mut dyn FnMut(&str)) -> Result<Pat
     }
     let pkg = debian_package(&version);
     progress(&format!("fetching {pkg}"));
-    let dl = crate::cache::dir("kernels").join("downloads");
-    std::fs::create_dir_all(&dl)?;
-    let (mut apt, dl) = crate::image::apt_command("apt-get", &dl)?;
-    let out = apt
-        .args(["download", "-q", &pkg])
-        .output()
-        .context("cannot run apt-get")?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        bail!(
-            "apt-get download {pkg} failed: {} (does the version exist? `apt-cache policy {pkg}`; try `apt-get update`)",
-            err.lines().find(|l| l.starts_with("E:")).unwrap_or("").trim()
-        );
-    }
-    let deb = std::fs::read_dir(&dl)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{pkg}_")))
-        })
-        .ok_or_else(|| anyhow!("apt-get download {pkg} left no .deb in {}", dl.display()))?;
+    let deb = crate::image::apt_download(&pkg, &crate::cache::dir("kernels").join("downloads"))?;
     progress(&format!("unpacking {}", deb.display()));
     let tmp = dir.with_extension("partial");
     let _ = std::fs::remove_dir_all(&tmp);

@@ -77,7 +77,7 @@ pub(super) fn command_stdout(cwd: &Path, argv: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-pub(super) fn tail(s: &str, n: usize) -> String {
+fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }

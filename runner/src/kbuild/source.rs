@@ -1,7 +1,7 @@
 //! Where a kernel source comes from: `debian:SERIES` (Debian's linux-source package,
 //! fetched and unpacked once into the cache) or a directory; and its identity.
 
-use super::exec::{run_checked, tail};
+use super::exec::run_checked;
 use super::short_hash;
 use anyhow::{anyhow, bail, Context, Result};
 use std::fs;
@@ -237,36 +237,8 @@ pub(super) fn ensure_source(
             }
             let _ = fs::remove_dir_all(&dir);
             let work = dir.join("work");
-            fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
             progress(&format!("apt-get download {pkg}={version}"));
-            // Debian's apt: the host's, or a built image's on other distributions.
-            let (mut apt, dl) = crate::image::apt_command("apt-get", &work)?;
-            let out = apt
-                .args(["download", &format!("{pkg}={version}")])
-                .stdin(Stdio::null())
-                .output()
-                .with_context(|| format!("running apt-get download {pkg}={version}"))?;
-            if !out.status.success() {
-                bail!(
-                    "apt-get download {pkg}={version} failed: {}",
-                    tail(&String::from_utf8_lossy(&out.stderr), 10)
-                );
-            }
-            if dl != work {
-                for e in fs::read_dir(&dl)?.flatten() {
-                    fs::rename(e.path(), work.join(e.file_name()))?;
-                }
-            }
-            let deb = fs::read_dir(&work)?
-                .flatten()
-                .map(|e| e.path())
-                .find(|p| p.extension().is_some_and(|e| e == "deb"))
-                .ok_or_else(|| {
-                    anyhow!(
-                        "apt-get download {pkg} produced no .deb in {}",
-                        work.display()
-                    )
-                })?;
+            let deb = crate::image::apt_download(&format!("{pkg}={version}"), &work)?;
             progress(&format!(
                 "dpkg-deb -x {}",
                 deb.file_name().unwrap_or_default().to_string_lossy()
