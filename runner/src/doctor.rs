@@ -1,5 +1,6 @@
 //! `doctor`: checks the host tools the runner and the guest need, QEMU, KVM usability and
-//! vng, and says how to fix each gap.  The guest sees the host root, so guest tools are host tools.
+//! vng, the kernel build tools (for `build:` kernels and `cargo test`), and says how to fix
+//! each gap.  The guest sees the host root, so guest tools are host tools.
 
 use crate::{kernel, vm};
 use std::process::Command;
@@ -10,6 +11,75 @@ struct Check {
     args: &'static [&'static str],
     fix: &'static str,
 }
+
+/// A header file the kernel build needs (no command to ask).
+struct Header {
+    what: &'static str,
+    path: &'static str,
+    fix: &'static str,
+}
+
+const BUILD_FIX: &str =
+    "apt-get install build-essential flex bison bc libelf-dev libssl-dev rsync patch";
+
+/// What `kernel build` / `build:` kernels (and so `cargo test`) run on the host.
+const BUILD_CHECKS: &[Check] = &[
+    Check {
+        what: "make (build: kernels)",
+        cmd: "make",
+        args: &["--version"],
+        fix: BUILD_FIX,
+    },
+    Check {
+        what: "gcc (build: kernels)",
+        cmd: "gcc",
+        args: &["--version"],
+        fix: BUILD_FIX,
+    },
+    Check {
+        what: "flex (build: kernels)",
+        cmd: "flex",
+        args: &["--version"],
+        fix: BUILD_FIX,
+    },
+    Check {
+        what: "bison (build: kernels)",
+        cmd: "bison",
+        args: &["--version"],
+        fix: BUILD_FIX,
+    },
+    Check {
+        what: "bc (build: kernels)",
+        cmd: "bc",
+        args: &["--version"],
+        fix: BUILD_FIX,
+    },
+    Check {
+        what: "rsync (build: kernels)",
+        cmd: "rsync",
+        args: &["--version"],
+        fix: BUILD_FIX,
+    },
+    Check {
+        what: "patch (build: kernels)",
+        cmd: "patch",
+        args: &["--version"],
+        fix: BUILD_FIX,
+    },
+];
+
+const BUILD_HEADERS: &[Header] = &[
+    Header {
+        what: "libelf headers (build: kernels)",
+        path: "/usr/include/gelf.h",
+        fix: "apt-get install libelf-dev",
+    },
+    Header {
+        what: "OpenSSL headers (build: kernels)",
+        path: "/usr/include/openssl/ssl.h",
+        fix: "apt-get install libssl-dev",
+    },
+];
 
 const CHECKS: &[Check] = &[
     Check {
@@ -89,7 +159,7 @@ const CHECKS: &[Check] = &[
 /// Prints one line per check; returns the exit code (0 all good, 2 something missing).
 pub fn run(kernel_spec: &str) -> i32 {
     let mut bad = 0;
-    for c in CHECKS {
+    for c in CHECKS.iter().chain(BUILD_CHECKS) {
         match Command::new(c.cmd).args(c.args).output() {
             Ok(o) if o.status.success() || !o.stdout.is_empty() => {
                 let v = String::from_utf8_lossy(&o.stdout);
@@ -101,6 +171,25 @@ pub fn run(kernel_spec: &str) -> i32 {
                 println!("MISS  {:<36} fix: {}", c.what, c.fix);
             }
         }
+    }
+    for h in BUILD_HEADERS {
+        if std::path::Path::new(h.path).is_file() {
+            println!("ok    {:<36} {}", h.what, h.path);
+        } else {
+            bad += 1;
+            println!("MISS  {:<36} fix: {}", h.what, h.fix);
+        }
+    }
+    if std::path::Path::new("/usr/lib/ccache").is_dir() {
+        println!(
+            "ok    {:<36} /usr/lib/ccache on make's PATH",
+            "ccache (build: kernels)"
+        );
+    } else {
+        println!(
+            "note  {:<36} optional, makes rebuilds cheap: apt-get install ccache",
+            "ccache (build: kernels)"
+        );
     }
     // KVM: probe with the kernel if it is already in the cache (doctor does not download).
     let cached = kernel::KernelSpec::parse(kernel_spec)
