@@ -261,15 +261,21 @@ rename to new2.c
             patch_paths(&nc).unwrap(),
             vec!["drivers/md/dm-cache-target.c"]
         );
-        let fix = fs::read_to_string(dir.join("a373b3d5289e-on-linux-6.12.117.patch")).unwrap();
-        assert_eq!(
-            patch_paths(&fix).unwrap(),
-            vec![
-                "drivers/md/dm-cache-metadata.c",
-                "drivers/md/dm-cache-metadata.h",
-                "drivers/md/dm-cache-target.c"
-            ]
-        );
+        for name in [
+            "a373b3d5289e-on-linux-6.12.117.patch",
+            "negative-control-backport-without-check-6.12.patch",
+        ] {
+            let fix = fs::read_to_string(dir.join(name)).unwrap();
+            assert_eq!(
+                patch_paths(&fix).unwrap(),
+                vec![
+                    "drivers/md/dm-cache-metadata.c",
+                    "drivers/md/dm-cache-metadata.h",
+                    "drivers/md/dm-cache-target.c"
+                ],
+                "{name}"
+            );
+        }
     }
 
     #[test]
