@@ -70,13 +70,6 @@ pub(super) fn prepare_tree(
     Ok(())
 }
 
-pub(super) fn file_name_starts(path: &str, prefix: &str) -> bool {
-    Path::new(path)
-        .file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with(prefix))
-}
-
 /// One `CONFIG_X=…` / `# CONFIG_X is not set` line of a fragment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct FragOpt {

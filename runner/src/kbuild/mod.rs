@@ -45,10 +45,10 @@ mod source;
 
 pub use source::SourceSpec;
 
-use config::{check_fragments, file_name_starts, prepare_tree, Fragment};
+use config::{check_fragments, prepare_tree, Fragment};
 use exec::{command_stdout, run_logged};
-use patch::{apply_patch_set, patch_bytes, patch_paths, PatchInput};
-use source::{ensure_source, source_identity};
+use patch::{apply_patch_set, patch_bytes, PatchInput};
+use source::{ensure_source, source_identity, Identity};
 
 /// What to build.
 #[derive(Debug, Clone)]
@@ -114,23 +114,11 @@ pub fn build(req: &BuildRequest, progress: &mut dyn FnMut(&str)) -> Result<Built
             .with_context(|| format!("reading kconfig fragment {}", k.display()))?;
         frags.push(Fragment::parse(&k.display().to_string(), &text)?);
     }
-    let mut patches = Vec::new();
-    for p in &req.patches {
-        let bytes = fs::read(p).with_context(|| format!("reading patch {}", p.display()))?;
-        let text = String::from_utf8_lossy(&bytes);
-        let files = patch_paths(&text).with_context(|| format!("patch {}", p.display()))?;
-        if files.is_empty() {
-            bail!(
-                "patch {} touches no files (no `--- a/…`/`+++ b/…` headers)",
-                p.display()
-            );
-        }
-        patches.push(PatchInput {
-            path: p.clone(),
-            bytes,
-            files,
-        });
-    }
+    let patches = req
+        .patches
+        .iter()
+        .map(|p| PatchInput::read(p))
+        .collect::<Result<Vec<_>>>()?;
 
     // Identity and keys.
     progress(&format!("resolving source {}", req.src));
@@ -142,13 +130,7 @@ pub fn build(req: &BuildRequest, progress: &mut dyn FnMut(&str)) -> Result<Built
 
     // Fast path: a configured tree records its merged config; with it we know the key.
     if let Ok(base) = fs::read_to_string(bdir.join("config.base")) {
-        let key = variant_key(&ident.identity, &patch_bytes(&patches), &base);
-        if let Some(k) = load_output(&outroot.join(&key), &key, t0)? {
-            progress(&format!(
-                "cache hit: {} ({})",
-                k.release,
-                k.bzimage.display()
-            ));
+        if let (_, Some(k)) = cached(&outroot, &ident, &patches, &base, t0, progress)? {
             return Ok(k);
         }
     }
@@ -167,16 +149,11 @@ pub fn build(req: &BuildRequest, progress: &mut dyn FnMut(&str)) -> Result<Built
         prepare_tree(&src, &bdir, &tree, &frags, progress)?;
     }
     let base = fs::read_to_string(bdir.join("config.base")).context("reading config.base")?;
-    let key = variant_key(&ident.identity, &patch_bytes(&patches), &base);
+    let key = match cached(&outroot, &ident, &patches, &base, t0, progress)? {
+        (_, Some(k)) => return Ok(k),
+        (key, None) => key,
+    };
     let outdir = outroot.join(&key);
-    if let Some(k) = load_output(&outdir, &key, t0)? {
-        progress(&format!(
-            "cache hit: {} ({})",
-            k.release,
-            k.bzimage.display()
-        ));
-        return Ok(k);
-    }
     let tag = format!("-dmt{}", &key[..8]);
 
     // Patches.
@@ -188,10 +165,7 @@ pub fn build(req: &BuildRequest, progress: &mut dyn FnMut(&str)) -> Result<Built
         fs::write(tree.join(".config"), &base)?;
     }
     let log = bdir.join("build.log");
-    if patches
-        .iter()
-        .any(|p| p.files.iter().any(|f| file_name_starts(f, "Kconfig")))
-    {
+    if patches.iter().any(PatchInput::touches_kconfig) {
         progress("a patch touches Kconfig: make olddefconfig");
         run_logged(&tree, &["make", "olddefconfig"], &log, false, progress)?;
         let now = fs::read_to_string(tree.join(".config"))?;
@@ -284,6 +258,27 @@ fn config_key(frags: &[Fragment]) -> String {
         parts.push(f.text.as_bytes());
     }
     sha_hex(&parts)[..12].to_string()
+}
+
+/// The variant key for this merged config, and the built kernel if the cache has it.
+fn cached(
+    outroot: &Path,
+    ident: &Identity,
+    patches: &[PatchInput],
+    base: &str,
+    t0: Instant,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(String, Option<BuiltKernel>)> {
+    let key = variant_key(&ident.identity, &patch_bytes(patches), base);
+    let hit = load_output(&outroot.join(&key), &key, t0)?;
+    if let Some(k) = &hit {
+        progress(&format!(
+            "cache hit: {} ({})",
+            k.release,
+            k.bzimage.display()
+        ));
+    }
+    Ok((key, hit))
 }
 
 fn load_output(outdir: &Path, key: &str, t0: Instant) -> Result<Option<BuiltKernel>> {

@@ -14,6 +14,36 @@ pub(super) struct PatchInput {
     pub(super) files: Vec<String>,
 }
 
+impl PatchInput {
+    /// Reads a patch file and the files it touches; a patch that touches none is an error.
+    pub(super) fn read(path: &Path) -> Result<PatchInput> {
+        let bytes = fs::read(path).with_context(|| format!("reading patch {}", path.display()))?;
+        let files = patch_paths(&String::from_utf8_lossy(&bytes))
+            .with_context(|| format!("patch {}", path.display()))?;
+        if files.is_empty() {
+            bail!(
+                "patch {} touches no files (no `--- a/…`/`+++ b/…` headers)",
+                path.display()
+            );
+        }
+        Ok(PatchInput {
+            path: path.to_path_buf(),
+            bytes,
+            files,
+        })
+    }
+
+    /// True if the patch touches a `Kconfig*` file (then the config must be made again).
+    pub(super) fn touches_kconfig(&self) -> bool {
+        self.files.iter().any(|f| {
+            Path::new(f)
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("Kconfig"))
+        })
+    }
+}
+
 pub(super) fn patch_bytes(p: &[PatchInput]) -> Vec<&[u8]> {
     p.iter().map(|p| p.bytes.as_slice()).collect()
 }
