@@ -132,46 +132,216 @@ pub struct Boot {
     pub steps: Vec<Step>,
 }
 
-/// One step in the guest.  Exactly one of `run` (alone), `capture`+`run`,
-/// `classify`+`run`+`outcomes`, or `crash` — checked by [`Case::validate`].
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+/// One step in the guest: what it does ([`StepKind`]) and the fields every kind has.
+/// Authors write a flat mapping ([`RawStep`]); it is turned into this at parse time, so a
+/// step that mixes kinds is rejected at its own `file:line:col`.
+#[derive(Debug, Clone, Serialize)]
 pub struct Step {
-    /// A label for the report; defaults to the first line of `run`.
+    /// A label for the report; defaults to the first line of the command.
+    pub name: Option<String>,
+    /// Run only if these labels/captures have one of the given values.
+    pub when: Option<Cond>,
+    /// Skip if these labels/captures have one of the given values.
+    pub unless: Option<Cond>,
+    pub kind: StepKind,
+}
+
+/// What a step does.  A new kind is added here, and the compiler points at every place
+/// (guest script, replay, judge) that must handle it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepKind {
+    /// A command that must meet its expectations.
+    Run(Command),
+    /// A command whose trimmed stdout becomes the value `name`.
+    Capture {
+        name: String,
+        cmd: Command,
+        /// Exact value the capture must have.
+        expect: Option<String>,
+    },
+    /// A command whose outcome (exit status + kernel log lines) is labelled by `outcomes`.
+    Classify {
+        name: String,
+        run: String,
+        timeout: u32,
+        outcomes: Vec<Outcome>,
+    },
+    /// An unclean shutdown; the last step of its boot.
+    Crash(CrashKind),
+}
+
+/// A shell command (bash, `set -e -o pipefail`) and what it must do.
+#[derive(Debug, Clone, Serialize)]
+pub struct Command {
+    pub run: String,
+    /// Exit status the command must have (default 0).
+    pub expect_status: ExpectStatus,
+    /// Regular expression (POSIX ERE subset) the trimmed stdout must match.
+    pub expect_match: Option<String>,
+    /// Seconds before the guest kills the command.
+    pub timeout: u32,
+}
+
+/// Seconds a step's command may take when the case does not say.
+pub const DEFAULT_STEP_TIMEOUT: u32 = 300;
+
+/// A step as authors write it: one flat mapping.  Exactly one of `run` (alone),
+/// `capture`+`run`, `classify`+`run`+`outcomes`, or `crash`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStep {
     #[serde(default)]
     pub name: Option<String>,
-    /// Shell (POSIX sh) run in the guest.
     #[serde(default)]
     pub run: Option<String>,
-    /// Store the trimmed stdout of `run` under this name.
     #[serde(default)]
     pub capture: Option<String>,
-    /// Classify the outcome of `run` under this name using `outcomes`.
     #[serde(default)]
     pub classify: Option<String>,
     #[serde(default)]
     pub outcomes: Vec<Outcome>,
-    /// Force an unclean shutdown; must be the last step of its boot.
     #[serde(default)]
     pub crash: Option<CrashKind>,
-    /// Exit status the step must have (default 0; `nonzero`, `any`).
     #[serde(default)]
     pub expect_status: Option<ExpectStatus>,
-    /// Exact value the capture must have (trimmed stdout).
     #[serde(default)]
     pub expect: Option<String>,
-    /// Regular expression the stdout must match.
     #[serde(default)]
     pub expect_match: Option<String>,
-    /// Run only if these labels/captures have one of the given values.
     #[serde(default)]
     pub when: Option<Cond>,
-    /// Skip if these labels/captures have one of the given values.
     #[serde(default)]
     pub unless: Option<Cond>,
-    /// Seconds before the guest kills the step (default 300).
     #[serde(default)]
     pub timeout: Option<u32>,
+}
+
+impl<'de> Deserialize<'de> for Step {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = RawStep::deserialize(d)?;
+        Step::try_from(raw).map_err(serde::de::Error::custom)
+    }
+}
+
+impl TryFrom<RawStep> for Step {
+    type Error = String;
+    fn try_from(r: RawStep) -> Result<Step, String> {
+        let kinds: Vec<&str> = [
+            (r.capture.is_some(), "capture"),
+            (r.classify.is_some(), "classify"),
+            (r.crash.is_some(), "crash"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, k)| *k)
+        .collect();
+        if kinds.len() > 1 {
+            return Err(format!(
+                "a step is one of `run`, `capture`, `classify`, `crash`; this one has `{}`",
+                kinds.join("` and `")
+            ));
+        }
+        let run = r.run.filter(|x| !x.trim().is_empty());
+        let timeout = r.timeout.unwrap_or(DEFAULT_STEP_TIMEOUT);
+        if timeout == 0 {
+            return Err("`timeout` must be at least 1 second".into());
+        }
+        if let Some(re) = &r.expect_match {
+            check_portable_regex(re)?;
+        }
+        if !r.outcomes.is_empty() && r.classify.is_none() {
+            return Err("`outcomes` belongs to a `classify` step".into());
+        }
+        if r.expect.is_some() && r.capture.is_none() {
+            return Err(
+                "`expect` belongs to a `capture` step (use `expect_match` on stdout)".into(),
+            );
+        }
+        for n in [&r.capture, &r.classify].into_iter().flatten() {
+            if !is_ident(n) {
+                return Err(format!(
+                    "`{n}`: names are lowercase letters, digits and `_`, starting with a letter (`dmt_` is the runner's)"
+                ));
+            }
+        }
+        let kind = if let Some(c) = r.crash {
+            if run.is_some()
+                || r.expect_status.is_some()
+                || r.expect_match.is_some()
+                || r.timeout.is_some()
+            {
+                return Err(
+                    "a `crash` step takes no `run`, `expect_status`, `expect_match` or `timeout`"
+                        .into(),
+                );
+            }
+            if r.when.is_some() || r.unless.is_some() {
+                return Err("a `crash` step cannot be conditional".into());
+            }
+            StepKind::Crash(c)
+        } else {
+            let run = run.ok_or("a step needs `run` (or is `crash: sysrq-b`)")?;
+            if let Some(name) = r.classify {
+                if r.outcomes.is_empty() {
+                    return Err("a `classify` step needs `outcomes`".into());
+                }
+                if r.expect_status.is_some() || r.expect_match.is_some() {
+                    return Err(
+                        "a `classify` step takes any exit status and output; use `outcomes`".into(),
+                    );
+                }
+                StepKind::Classify {
+                    name,
+                    run,
+                    timeout,
+                    outcomes: r.outcomes,
+                }
+            } else {
+                let cmd = Command {
+                    run,
+                    expect_status: r.expect_status.unwrap_or(ExpectStatus::Code(0)),
+                    expect_match: r.expect_match,
+                    timeout,
+                };
+                match r.capture {
+                    Some(name) => StepKind::Capture {
+                        name,
+                        cmd,
+                        expect: r.expect,
+                    },
+                    None => StepKind::Run(cmd),
+                }
+            }
+        };
+        Ok(Step {
+            name: r.name,
+            when: r.when,
+            unless: r.unless,
+            kind,
+        })
+    }
+}
+
+/// `expect_match` is evaluated twice — by bash's `[[ =~ ]]` (POSIX ERE) in the guest, which
+/// stops the boot on a mismatch, and by Rust's `regex` on the host, which judges — so it must
+/// mean the same to both: no backslash classes or escapes like `\d`, `\n`, `\b`.
+fn check_portable_regex(re: &str) -> Result<(), String> {
+    regex::Regex::new(re).map_err(|e| format!("`expect_match` is not a valid regex: {e}"))?;
+    let mut chars = re.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            match chars.next() {
+                Some(n) if n.is_ascii_alphanumeric() => {
+                    return Err(format!(
+                        "`expect_match`: `\\{n}` means different things to the guest (POSIX ERE) and the host; use a bracket expression such as [0-9] or [[:space:]]"
+                    ))
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -365,7 +535,24 @@ impl Case {
     /// Names of all classifications in step order.
     pub fn classifications(&self) -> Vec<&str> {
         self.all_steps()
-            .filter_map(|(_, _, s)| s.classify.as_deref())
+            .filter_map(|(_, _, s)| match &s.kind {
+                StepKind::Classify { name, .. } => Some(name.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The outcome labels of classification `name` (without [`UNCLASSIFIED`]).
+    pub fn outcome_labels(&self, name: &str) -> Vec<&str> {
+        self.all_steps()
+            .filter_map(|(_, _, s)| match &s.kind {
+                StepKind::Classify {
+                    name: n, outcomes, ..
+                } if n == name => Some(outcomes),
+                _ => None,
+            })
+            .flatten()
+            .map(|o| o.label.as_str())
             .collect()
     }
 
@@ -378,20 +565,53 @@ impl Case {
     }
 }
 
+impl Boot {
+    /// True when the boot ends in a planned unclean shutdown.
+    pub fn ends_in_crash(&self) -> bool {
+        self.steps
+            .last()
+            .is_some_and(|s| matches!(s.kind, StepKind::Crash(_)))
+    }
+}
+
 impl Step {
+    /// The shell command the guest runs, if the step has one.
+    pub fn command(&self) -> Option<&str> {
+        match &self.kind {
+            StepKind::Run(c) | StepKind::Capture { cmd: c, .. } => Some(&c.run),
+            StepKind::Classify { run, .. } => Some(run),
+            StepKind::Crash(_) => None,
+        }
+    }
+
+    /// Seconds before the guest kills the step's command.
+    pub fn timeout(&self) -> u32 {
+        match &self.kind {
+            StepKind::Run(c) | StepKind::Capture { cmd: c, .. } => c.timeout,
+            StepKind::Classify { timeout, .. } => *timeout,
+            StepKind::Crash(_) => 0,
+        }
+    }
+
+    /// The value this step defines (a capture or a classification).
+    pub fn defines(&self) -> Option<&str> {
+        match &self.kind {
+            StepKind::Capture { name, .. } | StepKind::Classify { name, .. } => Some(name),
+            _ => None,
+        }
+    }
+
+    pub fn is_crash(&self) -> bool {
+        matches!(self.kind, StepKind::Crash(_))
+    }
+
     /// Short label for progress and reports.
     pub fn label(&self) -> String {
         if let Some(n) = &self.name {
             return n.clone();
         }
-        if let Some(c) = self.crash {
-            return match c {
-                CrashKind::SysrqB => "crash: sysrq-b".into(),
-            };
-        }
         let first = self
-            .run
-            .as_deref()
+            .command()
             .unwrap_or("")
             .lines()
             .find(|l| !l.trim().is_empty())
@@ -401,10 +621,11 @@ impl Step {
         if first.chars().count() > 60 {
             s.push('…');
         }
-        match (&self.capture, &self.classify) {
-            (Some(c), _) => format!("capture {c}: {s}"),
-            (_, Some(c)) => format!("classify {c}: {s}"),
-            _ => s,
+        match &self.kind {
+            StepKind::Crash(CrashKind::SysrqB) => "crash: sysrq-b".into(),
+            StepKind::Capture { name, .. } => format!("capture {name}: {s}"),
+            StepKind::Classify { name, .. } => format!("classify {name}: {s}"),
+            StepKind::Run(_) => s,
         }
     }
 }
@@ -485,17 +706,52 @@ pub fn from_yaml<T: serde::de::DeserializeOwned>(text: &str, file: &str) -> Resu
 
 /// Parses and validates case text; `file` names it in errors.
 pub fn parse(text: &str, file: &str) -> Result<Case, CaseError> {
-    let case: Case = from_yaml(text, file)?;
-    case.validate().map_err(|(path, needle, msg)| {
-        let line = needle.and_then(|n| locate(text, &n));
+    let case: Case =
+        from_yaml(text, file).map_err(|e| locate_step_error(text, file).unwrap_or(e))?;
+    case.validate().map_err(|e| {
+        let at = locate(text, &e.path);
         CaseError {
             file: file.into(),
-            line,
-            col: None,
-            msg: format!("{path}: {msg}"),
+            line: at.map(|(l, _)| l),
+            col: at.map(|(_, c)| c),
+            msg: format!("{}: {}", render_path(&e.path), e.msg),
         }
     })?;
     Ok(case)
+}
+
+/// serde_yaml_ng places an error raised while turning a [`RawStep`] into a [`Step`] at the
+/// start of the `steps` list; this finds the step itself (the first that does not convert) and
+/// says its position.  `None` when no step fails to convert (the error is elsewhere).
+fn locate_step_error(text: &str, file: &str) -> Option<CaseError> {
+    let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).ok()?;
+    let boots = doc.get("boots")?.as_sequence()?;
+    for (b, boot) in boots.iter().enumerate() {
+        let Some(steps) = boot.get("steps").and_then(|s| s.as_sequence()) else {
+            continue;
+        };
+        for (i, st) in steps.iter().enumerate() {
+            let Ok(raw) = serde_yaml_ng::from_value::<RawStep>(st.clone()) else {
+                continue;
+            };
+            if let Err(msg) = Step::try_from(raw) {
+                let path = [
+                    Seg::Key("boots"),
+                    Seg::Index(b),
+                    Seg::Key("steps"),
+                    Seg::Index(i),
+                ];
+                let at = locate(text, &path);
+                return Some(CaseError {
+                    file: file.into(),
+                    line: at.map(|(l, _)| l),
+                    col: at.map(|(_, c)| c),
+                    msg: format!("{}: {msg}", render_path(&path)),
+                });
+            }
+        }
+    }
+    None
 }
 
 /// Reads and parses a case file.
@@ -550,12 +806,128 @@ pub fn list() -> Result<Vec<(String, PathBuf)>> {
     Ok(out)
 }
 
-/// First line (1-based) containing `needle`.
-fn locate(text: &str, needle: &str) -> Option<usize> {
-    text.lines().position(|l| l.contains(needle)).map(|i| i + 1)
+/// One step of a path into a YAML document: a mapping key or a sequence index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seg {
+    Key(&'static str),
+    /// A mapping key that is data (a condition's name).
+    Name(String),
+    Index(usize),
 }
 
-type VErr = (String, Option<String>, String);
+/// A validation error: where (a path to the exact node) and what.
+#[derive(Debug, Clone)]
+pub struct VErr {
+    pub path: Vec<Seg>,
+    pub msg: String,
+}
+
+fn render_path(path: &[Seg]) -> String {
+    let mut s = String::new();
+    for seg in path {
+        match seg {
+            Seg::Key(k) => {
+                if !s.is_empty() {
+                    s.push('.');
+                }
+                s.push_str(k)
+            }
+            Seg::Name(k) => {
+                if !s.is_empty() {
+                    s.push('.');
+                }
+                s.push_str(k)
+            }
+            Seg::Index(i) => s.push_str(&format!("[{i}]")),
+        }
+    }
+    s
+}
+
+/// Line and column (1-based) of the node at `path`, found by deserializing the document with
+/// a seed that walks down the path and fails at the node: serde_yaml_ng marks the error with
+/// the node's position.  `None` if the path is not in the document.
+pub fn locate(text: &str, path: &[Seg]) -> Option<(usize, usize)> {
+    use serde::de::{DeserializeSeed, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
+    const HERE: &str = "dmcache-vmtest: node found";
+    struct Seek<'a>(&'a [Seg]);
+    impl<'de> DeserializeSeed<'de> for Seek<'_> {
+        type Value = ();
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Seek<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a YAML node")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<(), A::Error> {
+            let Some((first, rest)) = self.0.split_first() else {
+                return Err(A::Error::custom(HERE));
+            };
+            while let Some(k) = m.next_key::<serde_yaml_ng::Value>()? {
+                let hit = match (first, k.as_str()) {
+                    (Seg::Key(want), Some(k)) => k == *want,
+                    (Seg::Name(want), Some(k)) => k == want,
+                    _ => false,
+                };
+                if hit {
+                    return m.next_value_seed(Seek(rest));
+                }
+                m.next_value::<IgnoredAny>()?;
+            }
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut q: A) -> Result<(), A::Error> {
+            let Some((first, rest)) = self.0.split_first() else {
+                return Err(A::Error::custom(HERE));
+            };
+            let mut i = 0;
+            loop {
+                if Seg::Index(i) == *first {
+                    return q.next_element_seed(Seek(rest)).map(|_| ());
+                }
+                if q.next_element::<IgnoredAny>()?.is_none() {
+                    return Ok(());
+                }
+                i += 1;
+            }
+        }
+        fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<(), E> {
+            self.scalar()
+        }
+        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<(), E> {
+            self.scalar()
+        }
+        fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<(), E> {
+            self.scalar()
+        }
+        fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<(), E> {
+            self.scalar()
+        }
+        fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<(), E> {
+            self.scalar()
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+            self.scalar()
+        }
+    }
+    impl Seek<'_> {
+        fn scalar<E: serde::de::Error>(&self) -> Result<(), E> {
+            if self.0.is_empty() {
+                Err(E::custom(HERE))
+            } else {
+                Ok(())
+            }
+        }
+    }
+    let de = serde_yaml_ng::Deserializer::from_str(text);
+    match Seek(path).deserialize(de) {
+        Err(e) if e.to_string().contains(HERE) => e.location().map(|l| (l.line(), l.column())),
+        _ => None,
+    }
+}
 
 fn is_ident(s: &str) -> bool {
     let mut c = s.chars();
@@ -565,30 +937,27 @@ fn is_ident(s: &str) -> bool {
 }
 
 impl Case {
-    /// Semantic checks serde cannot express. Errors: (yaml path, text to locate, message).
+    /// Semantic checks serde cannot express, each pointing at the node it is about.
     fn validate(&self) -> Result<(), VErr> {
-        let err = |path: String, needle: Option<String>, msg: String| Err((path, needle, msg));
-        if !self
-            .name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            || self.name.is_empty()
+        use Seg::{Index, Key, Name};
+        let err = |path: Vec<Seg>, msg: String| Err(VErr { path, msg });
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         {
             return err(
-                "name".into(),
-                Some("name:".into()),
+                vec![Key("name")],
                 format!("`{}` must be letters, digits, `_` or `-`", self.name),
             );
         }
         if self.disks.is_empty() {
-            return err(
-                "disks".into(),
-                Some("disks".into()),
-                "at least one disk".into(),
-            );
+            return err(vec![Key("disks")], "at least one disk".into());
         }
         let mut disk_names = Vec::new();
         for (i, d) in self.disks.iter().enumerate() {
+            let at = vec![Key("disks"), Index(i), Key("name")];
             if d.name.is_empty()
                 || !d
                     .name
@@ -597,144 +966,69 @@ impl Case {
                 || d.name.len() > 20
             {
                 return err(
-                    format!("disks[{i}].name"),
-                    Some(d.name.clone()),
+                    at,
                     format!("`{}`: use up to 20 letters, digits or `_`", d.name),
                 );
             }
             if disk_names.contains(&&d.name) {
-                return err(
-                    format!("disks[{i}].name"),
-                    Some(d.name.clone()),
-                    format!("disk `{}` is declared twice", d.name),
-                );
+                return err(at, format!("disk `{}` is declared twice", d.name));
             }
             disk_names.push(&d.name);
         }
         if self.boots.is_empty() {
-            return err(
-                "boots".into(),
-                Some("boots".into()),
-                "at least one boot".into(),
-            );
+            return err(vec![Key("boots")], "at least one boot".into());
         }
         // Names defined so far (captures and classifications), in execution order.
         let mut defined: Vec<&str> = Vec::new();
         for (b, boot) in self.boots.iter().enumerate() {
             if boot.steps.is_empty() {
                 return err(
-                    format!("boots[{b}]"),
-                    Some(format!("name: {}", boot.name)),
+                    vec![Key("boots"), Index(b), Key("steps")],
                     format!("boot `{}` has no steps", boot.name),
                 );
             }
             for (i, s) in boot.steps.iter().enumerate() {
-                let path = format!("boots[{b}].steps[{i}] (boot `{}`)", boot.name);
-                let needle = s
-                    .capture
-                    .as_ref()
-                    .map(|c| format!("capture: {c}"))
-                    .or_else(|| s.classify.as_ref().map(|c| format!("classify: {c}")))
-                    .or_else(|| s.name.clone())
-                    .or_else(|| {
-                        s.run
-                            .as_ref()
-                            .and_then(|r| r.lines().next().map(|l| l.trim().to_string()))
-                    });
-                let kinds = [s.capture.is_some(), s.classify.is_some(), s.crash.is_some()]
-                    .iter()
-                    .filter(|x| **x)
-                    .count();
-                if kinds > 1 {
-                    return err(
-                        path,
-                        needle,
-                        "use only one of `capture`, `classify`, `crash`".into(),
-                    );
-                }
-                if s.crash.is_some() {
-                    if s.run.is_some() || s.expect.is_some() || !s.outcomes.is_empty() {
-                        return err(
-                            path,
-                            needle,
-                            "a `crash` step takes no `run`, `expect` or `outcomes`".into(),
-                        );
-                    }
+                let at = |k: Option<Seg>| {
+                    let mut p = vec![Key("boots"), Index(b), Key("steps"), Index(i)];
+                    p.extend(k);
+                    p
+                };
+                if s.is_crash() {
                     if i + 1 != boot.steps.len() {
                         return err(
-                            path,
-                            Some("crash:".into()),
+                            at(Some(Key("crash"))),
                             "`crash` must be the last step of its boot".into(),
                         );
                     }
                     if b + 1 == self.boots.len() {
-                        return err(path, Some("crash:".into()), "the last boot cannot end in a crash: nothing would look at what it left".into());
-                    }
-                    if s.when.is_some() || s.unless.is_some() {
-                        return err(path, needle, "a `crash` step cannot be conditional".into());
-                    }
-                } else if s.run.as_deref().is_none_or(|r| r.trim().is_empty()) {
-                    return err(
-                        path,
-                        needle,
-                        "a step needs `run` (or is `crash: sysrq-b`)".into(),
-                    );
-                }
-                if s.classify.is_some() {
-                    if s.outcomes.is_empty() {
-                        return err(path, needle, "a `classify` step needs `outcomes`".into());
-                    }
-                    if s.expect_status.is_some() || s.expect.is_some() {
-                        return err(
-                            path,
-                            needle,
-                            "a `classify` step takes any exit status; use `outcomes`".into(),
-                        );
-                    }
-                } else if !s.outcomes.is_empty() {
-                    return err(
-                        path,
-                        needle,
-                        "`outcomes` belongs to a `classify` step".into(),
-                    );
-                }
-                if s.expect.is_some() && s.capture.is_none() {
-                    return err(
-                        path,
-                        needle,
-                        "`expect` belongs to a `capture` step (use `expect_match` on stdout)"
-                            .into(),
-                    );
-                }
-                if let Some(re) = &s.expect_match {
-                    if let Err(e) = regex::Regex::new(re) {
-                        return err(
-                            path,
-                            needle,
-                            format!("`expect_match` is not a valid regex: {e}"),
-                        );
+                        return err(at(Some(Key("crash"))), "the last boot cannot end in a crash: nothing would look at what it left".into());
                     }
                 }
-                for c in [&s.when, &s.unless].into_iter().flatten() {
-                    for k in c.0.keys() {
+                for (key, c) in [("when", &s.when), ("unless", &s.unless)] {
+                    for k in c.iter().flat_map(|c| c.0.keys()) {
                         if !defined.contains(&k.as_str()) {
-                            return err(path, needle, format!("condition on `{k}`, which no earlier step captures or classifies"));
+                            return err(
+                                at(Some(Key(key))).into_iter().chain([Name(k.clone())]).collect(),
+                                format!("condition on `{k}`, which no earlier step captures or classifies"),
+                            );
                         }
                     }
                 }
-                for n in [&s.capture, &s.classify].into_iter().flatten() {
-                    if !is_ident(n) {
-                        return err(path, needle, format!("`{n}`: names are lowercase letters, digits and `_`, starting with a letter (not `dmt_`)"));
-                    }
-                    if defined.contains(&n.as_str()) {
-                        return err(path, needle, format!("`{n}` is defined twice"));
+                if let Some(n) = s.defines() {
+                    let key = if matches!(s.kind, StepKind::Capture { .. }) {
+                        "capture"
+                    } else {
+                        "classify"
+                    };
+                    if defined.contains(&n) {
+                        return err(at(Some(Key(key))), format!("`{n}` is defined twice"));
                     }
                     defined.push(n);
                 }
             }
         }
         for (i, a) in self.assert.iter().enumerate() {
-            let path = format!("assert[{i}]");
+            let at = |k: &'static str| vec![Key("assert"), Index(i), Key(k)];
             let kinds = [
                 a.equal.is_some(),
                 a.differ.is_some(),
@@ -746,31 +1040,31 @@ impl Case {
             .count();
             if kinds != 1 {
                 return err(
-                    path,
-                    Some("assert".into()),
+                    vec![Key("assert"), Index(i)],
                     "use exactly one of `equal`, `differ`, `dmesg_contains`, `dmesg_absent`".into(),
                 );
             }
-            for n in a.equal.iter().chain(a.differ.iter()).flatten() {
-                if !defined.contains(&n.as_str()) {
-                    return err(
-                        path,
-                        Some(n.clone()),
-                        format!("`{n}` is not captured by any step"),
-                    );
+            for (key, pair) in [("equal", &a.equal), ("differ", &a.differ)] {
+                for (j, n) in pair.iter().flatten().enumerate() {
+                    if !defined.contains(&n.as_str()) {
+                        let mut p = at(key);
+                        p.push(Index(j));
+                        return err(p, format!("`{n}` is not captured by any step"));
+                    }
                 }
             }
             if let Some(bn) = &a.boot {
                 if !self.boots.iter().any(|b| &b.name == bn) {
-                    return err(path, Some(bn.clone()), format!("no boot named `{bn}`"));
+                    return err(at("boot"), format!("no boot named `{bn}`"));
                 }
             }
-            for c in [&a.when, &a.unless].into_iter().flatten() {
-                for k in c.0.keys() {
+            for (key, c) in [("when", &a.when), ("unless", &a.unless)] {
+                for k in c.iter().flat_map(|c| c.0.keys()) {
                     if !defined.contains(&k.as_str()) {
+                        let mut p = at(key);
+                        p.push(Name(k.clone()));
                         return err(
-                            path,
-                            Some(k.clone()),
+                            p,
                             format!("condition on `{k}`, which no step captures or classifies"),
                         );
                     }
@@ -779,29 +1073,23 @@ impl Case {
         }
         let classes = self.classifications();
         for (i, r) in self.expect.iter().enumerate() {
-            let path = format!("expect[{i}]");
             for (k, allowed) in &r.classify {
+                let at = vec![Key("expect"), Index(i), Key("classify"), Name(k.clone())];
                 if !classes.contains(&k.as_str()) {
                     return err(
-                        path,
-                        Some(k.clone()),
+                        at,
                         format!(
                             "`{k}` is not a classification of this case (have: {})",
                             classes.join(", ")
                         ),
                     );
                 }
-                let labels: Vec<&str> = self
-                    .all_steps()
-                    .filter(|(_, _, s)| s.classify.as_deref() == Some(k))
-                    .flat_map(|(_, _, s)| s.outcomes.iter().map(|o| o.label.as_str()))
-                    .chain([UNCLASSIFIED])
-                    .collect();
+                let mut labels = self.outcome_labels(k);
+                labels.push(UNCLASSIFIED);
                 for v in allowed.values() {
                     if !labels.contains(&v) {
                         return err(
-                            path,
-                            Some(v.to_string()),
+                            at,
                             format!(
                                 "`{v}` is not an outcome label of `{k}` (have: {})",
                                 labels.join(", ")
@@ -812,7 +1100,10 @@ impl Case {
             }
             if let Some(req) = r.kernel.as_ref().and_then(|k| k.cache_target.as_ref()) {
                 if let Err(e) = version_req_matches(req, "0.0.0") {
-                    return err(path, Some(req.clone()), e);
+                    return err(
+                        vec![Key("expect"), Index(i), Key("kernel"), Key("cache_target")],
+                        e,
+                    );
                 }
             }
         }
@@ -860,7 +1151,10 @@ expect:
         let c = parse(GOOD, "t.yaml").unwrap();
         assert_eq!(c.disks[0].size, Size(256 << 20));
         assert_eq!(c.boots.len(), 2);
-        assert_eq!(c.boots[0].steps[2].crash, Some(CrashKind::SysrqB));
+        assert!(matches!(
+            c.boots[0].steps[2].kind,
+            StepKind::Crash(CrashKind::SysrqB)
+        ));
         assert_eq!(c.classifications(), vec!["pt"]);
         let new = KernelFacts {
             release: "6.12".into(),
@@ -956,6 +1250,57 @@ expect:
         assert_eq!(parse_size("4096"), Ok(4096));
         assert_eq!(parse_size("1GiB"), Ok(1 << 30));
         assert!(parse_size("0MiB").is_err());
+    }
+
+    /// Finding 7: the error names the exact node, not the first line with the same text.
+    #[test]
+    fn validation_points_at_the_exact_node() {
+        let twice = GOOD.replace(
+            "      - capture: later\n        run: echo 2",
+            "      - capture: dirty\n        run: echo 2",
+        );
+        let e = err_of(&twice);
+        assert!(e.contains("`dirty` is defined twice"), "{e}");
+        assert!(
+            e.starts_with("bad.yaml:20:18: boots[1].steps[1].capture"),
+            "{e}"
+        );
+        let e = err_of(&GOOD.replace(
+            "when: { pt: accepted }\nassert",
+            "when: { zz: accepted }\nassert",
+        ));
+        assert!(
+            e.starts_with("bad.yaml:22:21: boots[1].steps[1].when.zz"),
+            "{e}"
+        );
+        let e = err_of(&GOOD.replace("differ: [dirty, later]", "differ: [dirty, nope]"));
+        assert!(e.starts_with("bad.yaml:24:21: assert[0].differ[1]"), "{e}");
+    }
+
+    #[test]
+    fn a_step_of_two_kinds_is_rejected_where_it_stands() {
+        let e = err_of(&GOOD.replace(
+            "      - capture: dirty\n",
+            "      - capture: dirty\n        classify: x\n",
+        ));
+        assert!(e.contains("this one has `capture` and `classify`"), "{e}");
+        assert!(e.starts_with("bad.yaml:9:"), "{e}");
+    }
+
+    #[test]
+    fn names_the_guest_script_uses_are_reserved() {
+        let e = err_of(&GOOD.replace("capture: dirty", "capture: dmt_st"));
+        assert!(e.contains("`dmt_` is the runner's"), "{e}");
+        assert!(e.starts_with("bad.yaml:9:"), "{e}");
+    }
+
+    #[test]
+    fn expect_match_must_mean_the_same_in_guest_and_host() {
+        let e = err_of(&GOOD.replace(
+            "      - run: \"true\"",
+            "      - run: \"true\"\n        expect_match: '^\\d+$'",
+        ));
+        assert!(e.contains("`\\d` means different things"), "{e}");
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! outcome for this kernel, and the per-boot kernel log check (panic, oops, BUG, WARN).
 //! Pure: takes a [`CaseRun`] (what happened) and the [`Case`] (what must hold).
 
-use crate::case::{Assertion, Case, ExpectStatus, KernelFacts};
-use crate::guest;
+use crate::case::{Assertion, Case, KernelFacts, StepKind};
+use crate::guest::BootRecord;
+use crate::replay::{self, StepState};
 use crate::run::{BootEnd, CaseRun};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -105,17 +106,61 @@ fn assertion_text(a: &Assertion) -> String {
     }
 }
 
-/// Judges a run.
+/// Why a run that found no failure has still not earned a PASS (`None`: it has): every boot
+/// ran and ended as planned (reset by its crash step, or exited), and every step of it has a
+/// record the host agrees with.  A belt over the braces above: whatever path a lying or
+/// broken guest takes, a verdict without this evidence is never a PASS.
+fn unearned(case: &Case, run: &CaseRun, rp: &replay::Replay) -> Option<String> {
+    if run.boots.len() != case.boots.len() || rp.steps.len() != case.boots.len() {
+        return Some(format!(
+            "{} of {} boots ran",
+            run.boots.len(),
+            case.boots.len()
+        ));
+    }
+    for (b, (boot, out)) in case.boots.iter().zip(&run.boots).enumerate() {
+        let planned = if boot.ends_in_crash() {
+            BootEnd::Reset
+        } else {
+            BootEnd::Exited
+        };
+        if out.end != planned {
+            return Some(format!("boot {} ended {}", b + 1, out.end.describe()));
+        }
+        for (i, f) in rp.steps[b].iter().enumerate() {
+            let recorded = match f.state {
+                StepState::Ran(_) => f.enabled,
+                StepState::Skipped => !f.enabled,
+                StepState::Crash => true,
+                StepState::NotReached => false,
+            };
+            if !recorded || !f.problems.is_empty() {
+                return Some(format!(
+                    "boot {} step {} has no consistent record",
+                    b + 1,
+                    i + 1
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// Judges a run.  The host's [`replay`] of the guest's records decides every step; the
+/// guest's own decisions can only add failures.  A PASS is given only when every boot ran and
+/// ended as planned and every step has a record the host agrees with.
 pub fn evaluate(case: &Case, run: &CaseRun) -> Verdict {
     let mut failures: Vec<Failure> = Vec::new();
     let mut infra: Vec<Failure> = Vec::new();
-    let mut values: BTreeMap<String, String> = BTreeMap::new();
-    let mut captures = BTreeMap::new();
     let mut classifications = BTreeMap::new();
     let mut boots = Vec::new();
+    let records: Vec<&BootRecord> = run.boots.iter().map(|o| &o.record).collect();
+    let rp = replay::replay(case, &records);
+    let values = &rp.values;
+    let mut captures = BTreeMap::new();
 
     for (b, boot) in case.boots.iter().enumerate() {
-        let Some(out) = run.boots.get(b) else {
+        let (Some(out), Some(facts)) = (run.boots.get(b), rp.steps.get(b)) else {
             failures.push(Failure {
                 what: format!(
                     "boot {} `{}` did not run: an earlier boot went wrong",
@@ -126,10 +171,10 @@ pub fn evaluate(case: &Case, run: &CaseRun) -> Verdict {
             });
             continue;
         };
-        let rec = &out.record;
+        let ended_as_planned = matches!(out.end, BootEnd::Exited | BootEnd::Reset);
         let mut steps = Vec::new();
-        for (i, step) in boot.steps.iter().enumerate() {
-            let sr = rec.steps.get(i).cloned().unwrap_or_default();
+        let mut unreached_reported = false;
+        for (i, (step, f)) in boot.steps.iter().zip(facts).enumerate() {
             let where_ = format!(
                 "boot {} `{}` step {} `{}`",
                 b + 1,
@@ -137,110 +182,56 @@ pub fn evaluate(case: &Case, run: &CaseRun) -> Verdict {
                 i + 1,
                 step.label()
             );
-            let enabled = guest::step_enabled(step, &values);
-            let mut ok = true;
-            if step.crash.is_some() {
-                ok = out.end == BootEnd::Reset;
-            } else if !enabled {
-                if !sr.skipped && sr.status.is_some() {
-                    ok = false;
-                    failures.push(Failure {
-                        what: format!(
-                            "{where_}: ran in the guest although its condition was false"
-                        ),
-                        detail: vec![],
-                    });
-                }
-            } else if let Some(status) = sr.status {
-                let mut detail = tail(&sr.stderr, 8);
-                detail.extend(sr.dmesg.iter().cloned());
-                if let Some(name) = &step.classify {
-                    let label = guest::classify(&step.outcomes, status, &sr.dmesg);
-                    if sr.label.as_deref().is_some_and(|g| g != label) {
-                        failures.push(Failure {
-                            what: format!(
-                                "{where_}: the guest classified `{}` but the host `{label}`",
-                                sr.label.clone().unwrap_or_default()
-                            ),
-                            detail: detail.clone(),
-                        });
-                    }
-                    values.insert(name.clone(), label.clone());
-                    classifications.insert(
-                        name.clone(),
-                        Classification {
-                            label,
-                            status,
-                            evidence: sr
-                                .dmesg
-                                .iter()
-                                .filter(|l| l.contains("device-mapper"))
-                                .cloned()
-                                .collect(),
-                        },
-                    );
-                } else {
-                    let want = step.expect_status.unwrap_or(ExpectStatus::Code(0));
-                    if !want.accepts(status) {
-                        ok = false;
-                        failures.push(Failure {
-                            what: format!("{where_}: exit status {status}, expected {want}"),
-                            detail: detail.clone(),
-                        });
-                    }
-                    if let Some(name) = &step.capture {
-                        let v = guest::capture_value(&sr.stdout);
-                        if let Some(want) = &step.expect {
-                            if &v != want {
-                                ok = false;
-                                failures.push(Failure {
-                                    what: format!("{where_}: `{name}` is `{v}`, expected `{want}`"),
-                                    detail: detail.clone(),
-                                });
-                            }
-                        }
-                        values.insert(name.clone(), v.clone());
-                        captures.insert(name.clone(), v);
-                    }
-                    if let Some(re) = &step.expect_match {
-                        let m = regex::Regex::new(re)
-                            .map(|r| r.is_match(&sr.stdout))
-                            .unwrap_or(false);
-                        if !m {
-                            ok = false;
-                            failures.push(Failure {
-                                what: format!("{where_}: stdout does not match /{re}/"),
-                                detail: tail(&sr.stdout, 8),
-                            });
-                        }
-                    }
-                }
-            } else if sr.skipped {
-                ok = false;
+            for p in &f.problems {
                 failures.push(Failure {
-                    what: format!("{where_}: skipped in the guest although its condition held"),
-                    detail: vec![],
+                    what: format!("{where_}: {p}"),
+                    detail: f.detail.clone(),
                 });
-            } else {
-                ok = false;
-                // Only the first unfinished step of a boot is worth a line.
-                if !matches!(out.end, BootEnd::Aborted(_))
-                    && steps
-                        .iter()
-                        .all(|s: &StepSummary| s.status.is_some() || s.skipped)
-                {
-                    failures.push(Failure {
-                        what: format!("{where_}: never finished (boot {})", out.end.describe()),
-                        detail: tail(&out.console, 12),
-                    });
-                }
             }
+            // A step without a record is a failure; when the boot stopped early the boot's
+            // end says why, once, and the steps after it were simply not reached.
+            if f.state == StepState::NotReached && ended_as_planned && !unreached_reported {
+                unreached_reported = true;
+                failures.push(Failure {
+                    what: format!(
+                        "{where_}: no record although the boot {} (never finished)",
+                        out.end.describe()
+                    ),
+                    detail: tail(&out.console, 12),
+                });
+            }
+            if let (StepKind::Capture { name, .. }, Some(v)) = (&step.kind, &f.value) {
+                captures.insert(name.clone(), v.clone());
+            }
+            if let (StepKind::Classify { name, .. }, StepState::Ran(status), Some(label)) =
+                (&step.kind, &f.state, &f.value)
+            {
+                classifications.insert(
+                    name.clone(),
+                    Classification {
+                        label: label.clone(),
+                        status: *status,
+                        evidence: out.record.steps[i]
+                            .dmesg
+                            .iter()
+                            .filter(|l| l.contains("device-mapper"))
+                            .cloned()
+                            .collect(),
+                    },
+                );
+            }
+            let sr = out.record.steps.get(i);
             steps.push(StepSummary {
                 label: step.label(),
-                status: sr.status,
-                ok,
-                skipped: !enabled && step.crash.is_none(),
-                seconds: sr.seconds,
+                status: sr.and_then(|r| r.status),
+                ok: f.problems.is_empty()
+                    && match f.state {
+                        StepState::Crash => out.end == BootEnd::Reset,
+                        StepState::NotReached => false,
+                        StepState::Ran(_) | StepState::Skipped => true,
+                    },
+                skipped: f.state == StepState::Skipped,
+                seconds: sr.and_then(|r| r.seconds),
             });
         }
         match &out.end {
@@ -285,7 +276,21 @@ pub fn evaluate(case: &Case, run: &CaseRun) -> Verdict {
                 what: "interrupted".into(),
                 detail: vec![],
             }),
-            BootEnd::Exited | BootEnd::Reset | BootEnd::Aborted(_) => {}
+            // The step's own problems say what went wrong (the replay guarantees the
+            // stopping step has at least one); a stop the host cannot place is said here.
+            BootEnd::Aborted(why) => {
+                if !facts.iter().any(|f| !f.problems.is_empty()) {
+                    failures.push(Failure {
+                        what: format!(
+                            "boot {} `{}`: the guest stopped the boot ({why}) but no step says why",
+                            b + 1,
+                            boot.name
+                        ),
+                        detail: tail(&out.console, 12),
+                    });
+                }
+            }
+            BootEnd::Exited | BootEnd::Reset => {}
         }
         for s in &out.scan.splats {
             failures.push(Failure {
@@ -330,8 +335,8 @@ pub fn evaluate(case: &Case, run: &CaseRun) -> Verdict {
         if missing && !boots_ok {
             continue; // the boot failure above is the explanation
         }
-        if a.when.as_ref().is_some_and(|c| !c.holds(&values))
-            || a.unless.as_ref().is_some_and(|c| c.holds(&values))
+        if a.when.as_ref().is_some_and(|c| !c.holds(values))
+            || a.unless.as_ref().is_some_and(|c| c.holds(values))
         {
             continue;
         }
@@ -411,6 +416,14 @@ pub fn evaluate(case: &Case, run: &CaseRun) -> Verdict {
         }
     }
 
+    if failures.is_empty() && infra.is_empty() {
+        if let Some(why) = unearned(case, run, &rp) {
+            failures.push(Failure {
+                what: format!("no PASS without evidence: {why}"),
+                detail: vec![],
+            });
+        }
+    }
     let status = if !infra.is_empty() {
         Status::Infra
     } else if failures.is_empty() {
@@ -443,68 +456,95 @@ pub fn evaluate(case: &Case, run: &CaseRun) -> Verdict {
 mod tests {
     use super::*;
     use crate::console::ConsoleScan;
-    use crate::guest::{BootRecord, StepRecord};
+    use crate::guest::{self, BootRecord, StepRecord};
+    use crate::replay::{classify, step_enabled, trimmed};
     use crate::run::{BootOutcome, CaseRun};
+    use crate::vm::ProcessEnd;
     use std::collections::BTreeMap;
 
-    /// A recorded run of `cases/unclean_passthrough.yaml` where the passthrough activation
-    /// ends with `status` and `dmesg`, and the captures have the given values.
-    fn synthetic(status: i32, dmesg: &[&str], caps: &[(&str, &str)]) -> (Case, CaseRun) {
-        let case =
-            crate::case::load(&crate::case::cases_dir().join("unclean_passthrough.yaml")).unwrap();
+    fn seed_case() -> Case {
+        crate::case::load(&crate::case::cases_dir().join("unclean_passthrough.yaml")).unwrap()
+    }
+
+    /// What an honest guest records for `cases/unclean_passthrough.yaml` when the passthrough
+    /// activation ends with `status` and `dmesg`, and the captures have the given values.
+    fn honest_guest(
+        case: &Case,
+        status: i32,
+        dmesg: &[&str],
+        caps: &[(&str, &str)],
+    ) -> Vec<BootRecord> {
         let caps: BTreeMap<&str, &str> = caps.iter().cloned().collect();
         let mut values = BTreeMap::new();
-        let mut boots = Vec::new();
-        for (b, boot) in case.boots.iter().enumerate() {
+        let mut recs = Vec::new();
+        for boot in &case.boots {
             let mut steps = Vec::new();
             for s in &boot.steps {
                 let mut r = StepRecord::default();
-                if !crate::guest::step_enabled(s, &values) {
+                if s.is_crash() {
+                } else if !step_enabled(s, &values) {
                     r.skipped = true;
-                } else if let Some(n) = &s.classify {
+                } else if let StepKind::Classify { name, outcomes, .. } = &s.kind {
                     r.status = Some(status);
                     r.dmesg = dmesg.iter().map(|l| l.to_string()).collect();
-                    values.insert(
-                        n.clone(),
-                        crate::guest::classify(&s.outcomes, status, &r.dmesg),
-                    );
-                } else if s.crash.is_none() {
+                    let label = classify(outcomes, status, &r.dmesg);
+                    r.label = Some(label.clone());
+                    values.insert(name.clone(), label);
+                } else {
                     r.status = Some(0);
-                    if let Some(n) = &s.capture {
-                        r.stdout = format!("{}\n", caps.get(n.as_str()).copied().unwrap_or("1"));
-                        values.insert(n.clone(), crate::guest::capture_value(&r.stdout));
+                    if let StepKind::Capture { name, .. } = &s.kind {
+                        r.stdout = format!("{}\n", caps.get(name.as_str()).copied().unwrap_or("1"));
+                        values.insert(name.clone(), trimmed(&r.stdout));
                     }
                 }
                 steps.push(r);
             }
-            let crash = boot.steps.last().is_some_and(|s| s.crash.is_some());
+            let crash = boot.ends_in_crash();
+            recs.push(BootRecord {
+                started: true,
+                release: Some("6.12.117-test".into()),
+                targets: Some("cache            v2.3.0\n".into()),
+                steps,
+                crash_marker: crash,
+                done: !crash,
+                ..Default::default()
+            });
+        }
+        recs
+    }
+
+    /// Writes the records as a results directory, reads it back as the runner does, derives
+    /// each boot's end from the records like the runner, and judges.
+    fn judge(case: &Case, recs: &[BootRecord]) -> Verdict {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut boots = Vec::new();
+        for (b, rec) in recs.iter().enumerate() {
+            guest::write_boot(tmp.path(), b, rec).unwrap();
+            let crash = case.boots[b].ends_in_crash();
+            let console = "[ 0.5] Linux version 6.12.117-test\n".to_string();
+            let scan = ConsoleScan {
+                sysrq_reset: crash,
+                kernel_started: true,
+                ..Default::default()
+            };
+            let record = guest::read_boot(tmp.path(), b, case.boots[b].steps.len(), &console);
+            let process = ProcessEnd::Exited(if crash { 255 } else { 0 });
+            let end = crate::run::boot_end(case, b, &record, &scan, process);
+            let go_on = matches!(end, BootEnd::Reset | BootEnd::Exited);
             boots.push(BootOutcome {
-                name: boot.name.clone(),
-                record: BootRecord {
-                    started: true,
-                    release: Some("6.12.117-test".into()),
-                    targets: Some("cache            v2.3.0\n".into()),
-                    steps,
-                    crash_marker: crash,
-                    done: !crash,
-                    ..Default::default()
-                },
-                scan: ConsoleScan {
-                    sysrq_reset: crash,
-                    kernel_started: true,
-                    ..Default::default()
-                },
-                end: if crash {
-                    BootEnd::Reset
-                } else {
-                    BootEnd::Exited
-                },
-                process: crate::vm::ProcessEnd::Exited(if crash { 255 } else { 0 }),
+                name: case.boots[b].name.clone(),
+                record,
+                scan,
+                end,
+                process,
                 seconds: 30.0,
                 attempts: 1,
                 console_log: format!("boot-{b}.console.log").into(),
-                console: String::new(),
+                console,
             });
+            if !go_on {
+                break;
+            }
         }
         let kernel = crate::kernel::Kernel {
             spec: "test".into(),
@@ -522,7 +562,7 @@ mod tests {
             workdir: None,
             seconds: 60.0,
         };
-        (case, run)
+        evaluate(case, &run)
     }
 
     const GOOD: &[(&str, &str)] = &[
@@ -534,25 +574,37 @@ mod tests {
         ("cache_tail_md5", "tt"),
         ("cblock", "1"),
     ];
+    const DIRTY: &str =
+        "device-mapper: cache: 253:3: cannot enter passthrough mode unless all blocks are clean";
+
+    /// Index of the step of boot `b` whose label contains `what`.
+    fn step_of(case: &Case, b: usize, what: &str) -> usize {
+        case.boots[b]
+            .steps
+            .iter()
+            .position(|s| s.label().contains(what))
+            .unwrap_or_else(|| panic!("no step `{what}` in boot {b}"))
+    }
 
     #[test]
     fn refused_by_dirty_check_passes_and_names_the_check() {
-        let (case, run) = synthetic(1, &["device-mapper: cache: 253:3: cannot enter passthrough mode unless all blocks are clean"], GOOD);
-        let v = evaluate(&case, &run);
+        let case = seed_case();
+        let v = judge(&case, &honest_guest(&case, 1, &[DIRTY], GOOD));
         assert_eq!(v.status, Status::Pass, "{:?}", v.failures);
         assert_eq!(
             v.classifications["passthrough"].label,
             "refused: dirty mapping"
         );
+        assert_eq!(v.classifications["passthrough"].evidence, vec![DIRTY]);
         assert_eq!(v.cache_target.as_deref(), Some("2.3.0"));
     }
 
     #[test]
     fn accepted_with_lost_tail_fails_as_data_loss() {
+        let case = seed_case();
         let mut caps = GOOD.to_vec();
         caps.push(("origin_tail_md5", "different"));
-        let (case, run) = synthetic(0, &[], &caps);
-        let v = evaluate(&case, &run);
+        let v = judge(&case, &honest_guest(&case, 0, &[], &caps));
         assert_eq!(v.status, Status::Fail);
         assert!(
             v.failures
@@ -569,15 +621,11 @@ mod tests {
 
     #[test]
     fn writeback_that_loses_data_fails() {
+        let case = seed_case();
         let mut caps = GOOD.to_vec();
         caps.retain(|(k, _)| *k != "origin_md5_after");
         caps.push(("origin_md5_after", "00"));
-        let (case, run) = synthetic(
-            1,
-            &["cannot enter passthrough mode unless all blocks are clean"],
-            &caps,
-        );
-        let v = evaluate(&case, &run);
+        let v = judge(&case, &honest_guest(&case, 1, &[DIRTY], &caps));
         assert_eq!(v.status, Status::Fail);
         assert!(
             v.failures[0].what.starts_with("data loss: after writeback"),
@@ -588,21 +636,160 @@ mod tests {
 
     #[test]
     fn panic_fails_and_infra_is_not_a_verdict() {
-        let (case, mut run) = synthetic(
-            1,
-            &["cannot enter passthrough mode unless all blocks are clean"],
-            GOOD,
-        );
-        run.boots[1].end = BootEnd::Panic("Kernel panic - not syncing: x".into());
-        assert_eq!(evaluate(&case, &run).status, Status::Fail);
-        run.boots[1].end = BootEnd::Infra("never started".into());
-        let v = evaluate(&case, &run);
-        assert_eq!(v.status, Status::Infra);
-        assert_eq!(
-            v.failures.len(),
-            1,
-            "infra failures stand alone: {:?}",
+        let case = seed_case();
+        let recs = honest_guest(&case, 1, &[DIRTY], GOOD);
+        let mut run_panic = recs.clone();
+        run_panic[1].done = false;
+        let v = judge(&case, &run_panic);
+        assert_eq!(v.status, Status::Fail, "a boot that never finished");
+        // the VM died before the case began: not a verdict on the case
+        let mut never = recs;
+        never[1] = BootRecord::default();
+        let v = judge(&case, &never);
+        assert_eq!(v.status, Status::Infra, "{:?}", v.failures);
+        assert_eq!(v.failures.len(), 1, "infra stands alone: {:?}", v.failures);
+    }
+
+    // ---- A lying guest: each way a guest could try to fool the host must FAIL. ----
+
+    fn assert_fails(v: &Verdict, why: &str) {
+        assert_eq!(v.status, Status::Fail, "{why}: {:#?}", v.failures);
+        assert!(
+            v.failures.iter().any(|f| f.what.contains(why)),
+            "expected a failure saying `{why}`: {:#?}",
             v.failures
         );
+    }
+
+    #[test]
+    fn lying_guest_missing_status() {
+        let case = seed_case();
+        let mut recs = honest_guest(&case, 1, &[DIRTY], GOOD);
+        let i = step_of(&case, 1, "cache_check");
+        recs[1].steps[i].status = None;
+        assert_fails(&judge(&case, &recs), "no record although the boot exited");
+    }
+
+    #[test]
+    fn lying_guest_done_without_running_anything() {
+        let case = seed_case();
+        let mut recs = honest_guest(&case, 1, &[DIRTY], GOOD);
+        recs[1].steps = vec![];
+        let v = judge(&case, &recs);
+        assert_fails(&v, "never finished");
+    }
+
+    #[test]
+    fn lying_guest_skipped_step_with_a_status() {
+        let case = seed_case();
+        let mut recs = honest_guest(&case, 1, &[DIRTY], GOOD);
+        let i = step_of(&case, 1, "passthrough_dirty");
+        recs[1].steps[i].status = Some(0);
+        assert!(recs[1].steps[i].skipped);
+        assert_fails(&judge(&case, &recs), "both an exit status and a skip");
+    }
+
+    #[test]
+    fn lying_guest_ran_a_step_whose_condition_was_false() {
+        let case = seed_case();
+        let mut recs = honest_guest(&case, 1, &[DIRTY], GOOD);
+        let i = step_of(&case, 1, "passthrough_dirty");
+        recs[1].steps[i].skipped = false;
+        recs[1].steps[i].status = Some(0);
+        assert_fails(&judge(&case, &recs), "although its condition was false");
+    }
+
+    #[test]
+    fn lying_guest_skipped_a_step_whose_condition_held() {
+        let case = seed_case();
+        let mut recs = honest_guest(&case, 1, &[DIRTY], GOOD);
+        let i = step_of(&case, 1, "wait until dirty == 0");
+        recs[1].steps[i].status = None;
+        recs[1].steps[i].skipped = true;
+        assert_fails(&judge(&case, &recs), "although its condition held");
+    }
+
+    #[test]
+    fn lying_guest_labels_disagree() {
+        let case = seed_case();
+        let mut recs = honest_guest(&case, 1, &[DIRTY], GOOD);
+        let i = step_of(&case, 1, "classify passthrough");
+        recs[1].steps[i].label = Some("refused: unclean shutdown (can_resume)".into());
+        assert_fails(&judge(&case, &recs), "the guest classified");
+        recs[1].steps[i].label = None;
+        assert_fails(&judge(&case, &recs), "recorded no label");
+    }
+
+    #[test]
+    fn lying_guest_abort_with_no_reason() {
+        let case = seed_case();
+        let mut recs = honest_guest(&case, 1, &[DIRTY], GOOD);
+        let i = step_of(&case, 1, "cache_check");
+        recs[1].steps[i].abort = Some(String::new());
+        for st in &mut recs[1].steps[i + 1..] {
+            *st = StepRecord::default();
+        }
+        let v = judge(&case, &recs);
+        assert!(
+            matches!(v.boots[1].end, BootEnd::Aborted(_)),
+            "{:?}",
+            v.boots[1].end
+        );
+        assert_fails(&v, "the guest stopped the boot here (no reason given)");
+    }
+
+    /// Finding 1 of the issue: host and guest disagree about the aborting step, and the
+    /// steps after it never ran — this used to PASS.
+    #[test]
+    fn lying_guest_abort_the_host_cannot_place() {
+        let case = seed_case();
+        let mut recs = honest_guest(&case, 1, &[DIRTY], GOOD);
+        let i = step_of(&case, 0, "dirty_before_crash");
+        recs[0].steps[i].abort = Some("dirty_before_crash is '0', expected '1'".into());
+        recs[0].steps[i + 1..]
+            .iter_mut()
+            .for_each(|s| *s = StepRecord::default());
+        recs[0].crash_marker = false;
+        recs[0].done = true;
+        let v = judge(&case, &recs);
+        assert_fails(&v, "although the host finds the step met its expectations");
+    }
+
+    #[test]
+    fn lying_guest_passes_a_capture_the_host_finds_wrong() {
+        let case = seed_case();
+        let mut recs = honest_guest(&case, 1, &[DIRTY], GOOD);
+        let i = step_of(&case, 0, "dirty_before_crash");
+        recs[0].steps[i].stdout = "0\n".into();
+        assert_fails(
+            &judge(&case, &recs),
+            "`dirty_before_crash` is `0`, expected `1`",
+        );
+    }
+
+    #[test]
+    fn lying_guest_expect_match_on_untrimmed_text() {
+        let case = seed_case();
+        let mut recs = honest_guest(&case, 1, &[DIRTY], GOOD);
+        let i = step_of(&case, 1, "cache block holding");
+        recs[1].steps[i].stdout = "1\n2\n".into();
+        assert_fails(&judge(&case, &recs), "stdout does not match");
+    }
+
+    #[test]
+    fn lying_guest_wrong_exit_status_recorded_as_fine() {
+        let case = seed_case();
+        let mut recs = honest_guest(&case, 1, &[DIRTY], GOOD);
+        recs[1].steps[0].status = Some(1);
+        assert_fails(&judge(&case, &recs), "exit status 1, expected 0");
+    }
+
+    #[test]
+    fn lying_guest_reset_without_reaching_the_crash_step() {
+        let case = seed_case();
+        let mut recs = honest_guest(&case, 1, &[DIRTY], GOOD);
+        recs[0].steps.truncate(3);
+        let v = judge(&case, &recs);
+        assert_ne!(v.status, Status::Pass, "{:#?}", v.failures);
     }
 }

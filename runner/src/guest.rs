@@ -1,14 +1,22 @@
-//! The protocol with the guest.
+//! The protocol with the guest, and the only place that knows its file names.
 //!
 //! Host → guest: a generated POSIX sh script per boot plus one `cmd.sh` file per step, written
 //! into the run's results directory, which the guest mounts read-write at [`GUEST_RESULTS`]
-//! (the only host path it can write).  Guest → host: per boot `boot-N/`, files written in this order
-//! and `sync`ed: `started`, `facts/*`, then per step `step-K/{stdout,stderr,dmesg,time,label}`
-//! and last `step-K/status` (its presence means the step finished), `crash` just before a
-//! planned sysrq-b, `done` at a normal end, `error` for a setup failure.
+//! (the only host path it can write).  A step's command runs in bash with `set -e -o pipefail`.
+//! Guest → host: per boot `boot-N/`, files written in this order: `started`, `facts/*`, then
+//! per step `step-K/{stdout,stderr,time,label}` and last `step-K/status` (its presence means the
+//! step finished) or `step-K/skipped`; `step-K/abort` when the guest stopped the boot on a failed
+//! expectation; `dmesg` (the kernel log) before a planned sysrq-b (`crash`) or at a normal end
+//! (`done`); `error` for a setup failure.  The guest writes `dmt: step-K begin|end` markers into
+//! the kernel log, so the host attributes kernel log lines (from `dmesg`, or from the console
+//! when the boot died) to steps.  The results dir is 9p/virtiofs without caching: writes reach
+//! the host as they happen; `sync` is only for the disks (before a crash and at the end).
 //! The vng stdout pipe is never used for results (it lost lines here).
+//!
+//! The guest only reports; [`crate::replay`] re-derives every decision on the host, so a guest
+//! that disagrees can only make the verdict worse.
 
-use crate::case::{Boot, Case, Cond, ExpectStatus, Outcome, Step, UNCLASSIFIED};
+use crate::case::{Boot, Case, Cond, ExpectStatus, Outcome, StepKind, UNCLASSIFIED};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -32,6 +40,26 @@ fn step_dir_name(i: usize) -> String {
     format!("step-{}", i + 1)
 }
 
+/// The kernel-log marker the guest writes before (`begin`) and after (`end`) step `i`.
+pub fn marker(i: usize, edge: &str) -> String {
+    format!("dmt: step-{} {edge}", i + 1)
+}
+
+/// How many steps of the boot in `boot_dir` have finished (status or skipped), in order.
+pub fn steps_finished(boot_dir: &Path, nsteps: usize) -> usize {
+    (0..nsteps)
+        .take_while(|i| {
+            let d = boot_dir.join(step_dir_name(*i));
+            d.join("status").exists() || d.join("skipped").exists()
+        })
+        .count()
+}
+
+/// True once the guest script of the boot in `boot_dir` has started.
+pub fn boot_started(boot_dir: &Path) -> bool {
+    boot_dir.join("started").exists()
+}
+
 /// Shell test that is true when `cond` holds (values are shell variables named like the keys).
 fn cond_test(cond: &Cond) -> String {
     cond.0
@@ -48,37 +76,50 @@ fn cond_test(cond: &Cond) -> String {
         .join(" && ")
 }
 
-fn status_test(var: &str, e: ExpectStatus) -> String {
+fn status_test(e: ExpectStatus) -> String {
     match e {
-        ExpectStatus::Code(c) => format!("[ \"${var}\" -eq {c} ]"),
-        ExpectStatus::Nonzero => format!("[ \"${var}\" -ne 0 ]"),
+        ExpectStatus::Code(c) => format!("[ \"$dmt_st\" -eq {c} ]"),
+        ExpectStatus::Nonzero => "[ \"$dmt_st\" -ne 0 ]".into(),
         ExpectStatus::Any => "true".into(),
     }
 }
 
-/// Shell that sets `$name` to the label of the first matching outcome.
-fn classify_sh(name: &str, outcomes: &[Outcome], dir: &str) -> String {
+/// Shell that sets `$name` to the label of the first matching outcome (the step's kernel log
+/// lines are in `$dir/dmesg`).
+fn classify_sh(name: &str, outcomes: &[Outcome], dir: &str, k: usize, indent: &str) -> String {
     let mut s = String::new();
+    let _ = writeln!(s, "{indent}dmt_klog \"{dir}\" {k}");
     for (i, o) in outcomes.iter().enumerate() {
-        let mut tests = vec![status_test("st", o.status.unwrap_or(ExpectStatus::Any))];
+        let mut tests = vec![status_test(o.status.unwrap_or(ExpectStatus::Any))];
         if let Some(m) = &o.dmesg {
             tests.push(format!("grep -qF -e {} \"{dir}/dmesg\"", sh_quote(m)));
         }
         let kw = if i == 0 { "if" } else { "elif" };
         let _ = writeln!(
             s,
-            "  {kw} {}; then {name}={}",
+            "{indent}{kw} {}; then {name}={}",
             tests.join(" && "),
             sh_quote(&o.label)
         );
     }
-    let _ = writeln!(s, "  else {name}={}; fi", sh_quote(UNCLASSIFIED));
-    let _ = writeln!(s, "  export {name}");
-    let _ = writeln!(s, "  printf '%s' \"${name}\" > \"{dir}/label\"");
+    let _ = writeln!(s, "{indent}else {name}={}; fi", sh_quote(UNCLASSIFIED));
+    let _ = writeln!(s, "{indent}export {name}");
+    let _ = writeln!(s, "{indent}printf '%s' \"${name}\" > \"{dir}/label\"");
     s
 }
 
-/// The script a boot runs.  `carried` are values captured/classified in earlier boots.
+/// Shell that stops the boot unless the step's trimmed stdout matches `re` (bash `=~`, POSIX
+/// ERE; the host re-checks with the same trimmed text).
+fn match_sh(re: &str, dir: &str, indent: &str) -> String {
+    format!(
+        "{indent}bash -c '[[ $1 =~ $2 ]]' dmt \"$(cat \"{dir}/stdout\")\" {re} || dmt_abort \"{dir}\" {why}\n",
+        re = sh_quote(re),
+        why = sh_quote(&format!("stdout does not match /{re}/"))
+    )
+}
+
+/// The script a boot runs.  `carried` are values captured/classified in earlier boots, as the
+/// host derived them.
 pub fn render_script(
     case: &Case,
     b: usize,
@@ -91,7 +132,7 @@ pub fn render_script(
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "#!/bin/sh\n# generated by dmcache-vmtest: case {}, boot {} ({})\nR={}\ncd /\nexport PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "#!/bin/sh\n# generated by dmcache-vmtest: case {}, boot {} ({})\nR={}\ncd /\nexport PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n: \"${{DMT_KMSG:=/dev/kmsg}}\"",
         case.name,
         b + 1,
         boot.name,
@@ -108,14 +149,14 @@ pub fn render_script(
     for (k, v) in carried {
         let _ = writeln!(s, "{k}={}; export {k}", sh_quote(v));
     }
-    s.push_str(": > \"$R/started\"; sync\n");
+    s.push_str(": > \"$R/started\"\n");
     for (i, step) in boot.steps.iter().enumerate() {
         let dir = format!("$R/{}", step_dir_name(i));
         let _ = writeln!(s, "\n# step {}: {}", i + 1, step.label().replace('\n', " "));
-        if step.crash.is_some() {
+        if step.is_crash() {
             let _ = writeln!(
                 s,
-                "mkdir -p \"{dir}\"; : > \"$R/crash\"; sync; sync\necho b > /proc/sysrq-trigger\nsleep 60\ndmt_fail 'sysrq-b did not reset the machine'"
+                "mkdir -p \"{dir}\"; dmesg > \"$R/dmesg\" 2>&1; : > \"$R/crash\"; sync\necho b > /proc/sysrq-trigger\nsleep 60\ndmt_fail 'sysrq-b did not reset the machine'"
             );
             continue;
         }
@@ -126,79 +167,90 @@ pub fn render_script(
         if let Some(c) = &step.unless {
             guard.push(format!("! {{ {}; }}", cond_test(c)));
         }
-        let indent = if guard.is_empty() { "" } else { "  " };
+        let ind = if guard.is_empty() { "" } else { "  " };
         if !guard.is_empty() {
             let _ = writeln!(s, "if {}; then", guard.join(" && "));
         }
-        let _ = writeln!(
-            s,
-            "{indent}dmt_run \"{dir}\" {}; st=$?",
-            step.timeout.unwrap_or(300)
-        );
-        if let Some(name) = &step.capture {
-            let _ = writeln!(s, "{indent}{name}=$(cat \"{dir}/stdout\"); export {name}");
-        }
-        if let Some(name) = &step.classify {
-            s.push_str(&classify_sh(name, &step.outcomes, &dir));
-        } else {
-            let ok = status_test("st", step.expect_status.unwrap_or(ExpectStatus::Code(0)));
-            let _ = writeln!(s, "{indent}{ok} || dmt_abort \"{dir}\" \"exit status $st\"");
-            if let (Some(name), Some(want)) = (&step.capture, &step.expect) {
+        let _ = writeln!(s, "{ind}dmt_run \"{dir}\" {} {}", i + 1, step.timeout());
+        match &step.kind {
+            StepKind::Run(cmd) | StepKind::Capture { cmd, .. } => {
+                let ok = status_test(cmd.expect_status);
                 let _ = writeln!(
                     s,
-                    "{indent}[ \"${name}\" = {} ] || dmt_abort \"{dir}\" \"{name} is '${name}', expected \"{}",
-                    sh_quote(want),
-                    sh_quote(&format!("'{want}'"))
+                    "{ind}{ok} || dmt_abort \"{dir}\" \"exit status $dmt_st, expected {}\"",
+                    cmd.expect_status
                 );
+                if let Some(re) = &cmd.expect_match {
+                    s.push_str(&match_sh(re, &dir, ind));
+                }
+                if let StepKind::Capture { name, expect, .. } = &step.kind {
+                    let _ = writeln!(s, "{ind}{name}=$(cat \"{dir}/stdout\"); export {name}");
+                    if let Some(want) = expect {
+                        let _ = writeln!(
+                            s,
+                            "{ind}[ \"${name}\" = {} ] || dmt_abort \"{dir}\" \"{name} is '${name}', expected \"{}",
+                            sh_quote(want),
+                            sh_quote(&format!("'{want}'"))
+                        );
+                    }
+                }
             }
+            StepKind::Classify { name, outcomes, .. } => {
+                s.push_str(&classify_sh(name, outcomes, &dir, i + 1, ind));
+            }
+            StepKind::Crash(_) => unreachable!("handled above"),
         }
+        let _ = writeln!(s, "{ind}echo \"$dmt_st\" > \"{dir}/status\"");
         if !guard.is_empty() {
-            let _ = writeln!(
-                s,
-                "else mkdir -p \"{dir}\"; : > \"{dir}/skipped\"; sync; fi"
-            );
+            let _ = writeln!(s, "else mkdir -p \"{dir}\"; : > \"{dir}/skipped\"; fi");
         }
     }
-    s.push_str("\n: > \"$R/done\"; sync\nexit 0\n");
+    s.push_str("\ndmt_end\nexit 0\n");
     s
 }
 
-/// Fixed helper functions of every guest script.
+/// Fixed helper functions of every guest script.  Every name the script uses is `dmt_…` or
+/// upper case, and captures are lower case without `dmt_`, so a capture can never overwrite
+/// the script's own state.
 const PROLOGUE: &str = r#"
 dmt_fail() { printf '%s\n' "$*" > "$R/error"; sync; exit 1; }
-# An expected-status or expected-value mismatch: record it, stop this boot.
-dmt_abort() { printf '%s\n' "$2" > "$1/abort"; : > "$R/done"; sync; exit 0; }
+dmt_end() { dmesg > "$R/dmesg" 2>&1; : > "$R/done"; sync; }
+# A failed expectation: record why and the exit status, stop this boot.
+dmt_abort() { printf '%s\n' "$2" > "$1/abort"; echo "$dmt_st" > "$1/status"; dmt_end; exit 0; }
 dmt_disk() {
-  for b in /sys/block/*; do
-    [ "$(cat "$b/serial" 2>/dev/null)" = "$1" ] && { echo "/dev/${b##*/}"; return 0; }
+  for dmt_b in /sys/block/*; do
+    [ "$(cat "$dmt_b/serial" 2>/dev/null)" = "$1" ] && { echo "/dev/${dmt_b##*/}"; return 0; }
   done
   return 1
 }
-# dmt_run DIR TIMEOUT: run DIR/cmd.sh, record stdout, stderr, the kernel log lines it caused,
-# timing, and last the exit status.
+# dmt_klog DIR K: the kernel log lines of step K, for a step whose outcome depends on them.
+dmt_klog() { dmesg | sed -n "/dmt: step-$2 begin\$/,/dmt: step-$2 end\$/p" > "$1/dmesg"; }
+# dmt_run DIR K TIMEOUT: run DIR/cmd.sh in bash (errexit, pipefail) between two kernel-log
+# markers; record stdout, stderr and the uptime before and after; the status is written last
+# by the caller, once the step's expectations are checked.
 dmt_run() {
-  n0=$(dmesg 2>/dev/null | wc -l)
-  t0=$(date +%s.%N)
-  timeout -k 5 "$2" sh "$1/cmd.sh" > "$1/stdout" 2> "$1/stderr" < /dev/null
-  rc=$?
-  t1=$(date +%s.%N)
-  dmesg 2>/dev/null | tail -n +$((n0 + 1)) > "$1/dmesg"
-  echo "$t0 $t1" > "$1/time"
-  echo "$rc" > "$1/status"
-  sync
-  return "$rc"
+  mkdir -p "$1"
+  read -r dmt_t0 dmt_x < /proc/uptime
+  echo "dmt: step-$2 begin" >> "$DMT_KMSG"
+  timeout -k 5 "$3" bash -e -o pipefail "$1/cmd.sh" > "$1/stdout" 2> "$1/stderr" < /dev/null
+  dmt_st=$?
+  echo "dmt: step-$2 end" >> "$DMT_KMSG"
+  read -r dmt_t1 dmt_x < /proc/uptime
+  echo "$dmt_t0 $dmt_t1" > "$1/time"
 }
 mkdir -p "$R/facts"
 uname -r > "$R/facts/release"
-for m in dm-mod dm-cache dm-cache-smq dm-cache-cleaner; do modprobe -q "$m" 2>/dev/null; done
+for dmt_m in dm-mod dm-cache dm-cache-smq dm-cache-cleaner; do modprobe -q "$dmt_m" 2>/dev/null; done
 dmsetup targets > "$R/facts/targets" 2>&1
 {
   echo "dmsetup: $(dmsetup --version 2>&1 | head -1)"
   echo "fio: $(fio --version 2>&1 | head -1)"
   echo "cache_check: $(cache_check -V 2>&1 | head -1)"
   echo "coreutils: $(md5sum --version 2>&1 | head -1)"
+  echo "bash: $(bash --version 2>&1 | head -1)"
 } > "$R/facts/tools"
 grep -q '^cache ' "$R/facts/targets" || dmt_fail "kernel has no dm-cache target (dmsetup targets: $(tr '\n' ' ' < "$R/facts/targets"))"
+command -v bash >/dev/null || dmt_fail "the guest has no bash (steps run in bash with pipefail)"
 "#;
 
 /// Writes the boot script and every step's `cmd.sh` into the results dir (host path);
@@ -211,11 +263,11 @@ pub fn prepare_boot(
 ) -> Result<PathBuf> {
     let dir = boot_dir(results, b);
     for (i, step) in case.boots[b].steps.iter().enumerate() {
-        if let Some(run) = &step.run {
+        if let Some(run) = step.command() {
             let sd = dir.join(step_dir_name(i));
             std::fs::create_dir_all(&sd)
                 .with_context(|| format!("cannot create {}", sd.display()))?;
-            std::fs::write(sd.join("cmd.sh"), format!("set -e\n{run}\n"))?;
+            std::fs::write(sd.join("cmd.sh"), format!("{run}\n"))?;
         }
     }
     std::fs::create_dir_all(&dir)?;
@@ -282,11 +334,28 @@ fn read_opt(p: &Path) -> Option<String> {
     std::fs::read_to_string(p).ok()
 }
 
-/// Reads boot `b`'s records (tolerant: a crash may leave any subset of files).
-pub fn read_boot(results: &Path, b: usize, nsteps: usize) -> BootRecord {
+/// The kernel log lines between step `i`'s markers in `log` (a `dmesg` dump or the console);
+/// `None` when the step's begin marker is not in it.  Without an end marker (the step never
+/// finished) the slice runs to the end of the log.
+pub fn step_klog(log: &str, i: usize) -> Option<Vec<String>> {
+    let (begin, end) = (marker(i, "begin"), marker(i, "end"));
+    let mut lines = log.lines();
+    lines.by_ref().find(|l| l.trim_end().ends_with(&begin))?;
+    Some(
+        lines
+            .take_while(|l| !l.trim_end().ends_with(&end))
+            .map(str::to_string)
+            .collect(),
+    )
+}
+
+/// Reads boot `b`'s records (tolerant: a crash may leave any subset of files).  Kernel log
+/// lines are attributed to steps from the boot's `dmesg` dump or, when the boot never wrote
+/// one (it died), from `console`.
+pub fn read_boot(results: &Path, b: usize, nsteps: usize, console: &str) -> BootRecord {
     let dir = boot_dir(results, b);
     let mut rec = BootRecord {
-        started: dir.join("started").exists(),
+        started: boot_started(&dir),
         release: read_opt(&dir.join("facts/release")).map(|s| s.trim().to_string()),
         targets: read_opt(&dir.join("facts/targets")),
         crash_marker: dir.join("crash").exists(),
@@ -301,6 +370,7 @@ pub fn read_boot(results: &Path, b: usize, nsteps: usize) -> BootRecord {
             }
         }
     }
+    let klog = read_opt(&dir.join("dmesg"));
     for i in 0..nsteps {
         let sd = dir.join(step_dir_name(i));
         let seconds = read_opt(&sd.join("time")).and_then(|t| {
@@ -310,14 +380,18 @@ pub fn read_boot(results: &Path, b: usize, nsteps: usize) -> BootRecord {
                 .collect();
             (v.len() == 2).then(|| v[1] - v[0])
         });
+        let dmesg = klog
+            .as_deref()
+            .and_then(|l| step_klog(l, i))
+            .or_else(|| read_opt(&sd.join("dmesg")).and_then(|l| step_klog(&l, i)))
+            .or_else(|| step_klog(console, i))
+            .unwrap_or_default();
         rec.steps.push(StepRecord {
             status: read_opt(&sd.join("status")).and_then(|s| s.trim().parse().ok()),
             skipped: sd.join("skipped").exists(),
             stdout: read_opt(&sd.join("stdout")).unwrap_or_default(),
             stderr: read_opt(&sd.join("stderr")).unwrap_or_default(),
-            dmesg: read_opt(&sd.join("dmesg"))
-                .map(|d| d.lines().map(str::to_string).collect())
-                .unwrap_or_default(),
+            dmesg,
             seconds,
             label: read_opt(&sd.join("label")),
             abort: read_opt(&sd.join("abort")).map(|s| s.trim().to_string()),
@@ -326,35 +400,70 @@ pub fn read_boot(results: &Path, b: usize, nsteps: usize) -> BootRecord {
     rec
 }
 
-/// The captured value of a step: stdout without trailing newlines (like `$(...)`).
-pub fn capture_value(stdout: &str) -> String {
-    stdout.trim_end_matches('\n').to_string()
-}
-
-/// Host-side classification: the first outcome whose status and dmesg conditions hold.
-pub fn classify(outcomes: &[Outcome], status: i32, dmesg: &[String]) -> String {
-    outcomes
-        .iter()
-        .find(|o| {
-            o.status.unwrap_or(ExpectStatus::Any).accepts(status)
-                && o.dmesg
-                    .as_ref()
-                    .is_none_or(|m| dmesg.iter().any(|l| l.contains(m.as_str())))
-        })
-        .map(|o| o.label.clone())
-        .unwrap_or_else(|| UNCLASSIFIED.to_string())
-}
-
-/// True when `step` should have run given the values known before it.
-pub fn step_enabled(step: &Step, values: &BTreeMap<String, String>) -> bool {
-    step.when.as_ref().is_none_or(|c| c.holds(values))
-        && !step.unless.as_ref().is_some_and(|c| c.holds(values))
+/// Writes `rec` as a guest would (the inverse of [`read_boot`]), for hand-made results
+/// directories in tests: the step's kernel log lines go between its markers in `dmesg`.
+#[cfg(test)]
+pub fn write_boot(results: &Path, b: usize, rec: &BootRecord) -> std::io::Result<()> {
+    let dir = boot_dir(results, b);
+    std::fs::create_dir_all(dir.join("facts"))?;
+    let flag = |name: &str, on: bool| -> std::io::Result<()> {
+        if on {
+            std::fs::write(dir.join(name), "")?;
+        }
+        Ok(())
+    };
+    flag("started", rec.started)?;
+    flag("crash", rec.crash_marker)?;
+    flag("done", rec.done)?;
+    if let Some(e) = &rec.error {
+        std::fs::write(dir.join("error"), e)?;
+    }
+    if let Some(r) = &rec.release {
+        std::fs::write(dir.join("facts/release"), r)?;
+    }
+    if let Some(t) = &rec.targets {
+        std::fs::write(dir.join("facts/targets"), t)?;
+    }
+    let mut klog = String::new();
+    for (i, st) in rec.steps.iter().enumerate() {
+        let sd = dir.join(step_dir_name(i));
+        std::fs::create_dir_all(&sd)?;
+        std::fs::write(sd.join("stdout"), &st.stdout)?;
+        std::fs::write(sd.join("stderr"), &st.stderr)?;
+        if let Some(l) = &st.label {
+            std::fs::write(sd.join("label"), l)?;
+        }
+        if let Some(a) = &st.abort {
+            std::fs::write(sd.join("abort"), a)?;
+        }
+        if let Some(t) = st.seconds {
+            std::fs::write(sd.join("time"), format!("1.0 {}", 1.0 + t))?;
+        }
+        if st.skipped {
+            std::fs::write(sd.join("skipped"), "")?;
+        }
+        if let Some(c) = st.status {
+            std::fs::write(sd.join("status"), format!("{c}\n"))?;
+        }
+        if st.status.is_some() {
+            klog.push_str(&format!("{}\n", marker(i, "begin")));
+            for l in &st.dmesg {
+                klog.push_str(&format!("{l}\n"));
+            }
+            klog.push_str(&format!("{}\n", marker(i, "end")));
+        }
+    }
+    if rec.done || rec.crash_marker {
+        std::fs::write(dir.join("dmesg"), klog)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::case;
+    use crate::replay;
 
     const CASE: &str = r#"
 name: t
@@ -370,12 +479,15 @@ boots:
   - name: two
     steps:
       - classify: pt
-        run: "false"
+        run: "echo \"device-mapper: cache: can't do that\" >> $DMT_KMSG; false"
         outcomes:
           - { label: "refused: x", status: nonzero, dmesg: "can't" }
           - { label: accepted, status: 0 }
       - run: echo only-if-accepted
         when: { pt: accepted }
+      - capture: n
+        run: printf '1\n'
+        expect_match: '^[0-9]+$'
 "#;
 
     #[test]
@@ -390,47 +502,73 @@ boots:
         assert!(s.contains("R='/res/boot-1'"));
         assert!(s.contains("DISK_sdc=$(dmt_disk sdc)"));
         assert!(s.contains(r#"[ "$v" = 'it'\''s' ]"#), "{s}");
-        assert!(s.contains(": > \"$R/crash\"; sync; sync\necho b > /proc/sysrq-trigger"));
+        assert!(s.contains(
+            "dmesg > \"$R/dmesg\" 2>&1; : > \"$R/crash\"; sync\necho b > /proc/sysrq-trigger"
+        ));
+        assert!(s.contains("bash -e -o pipefail"), "{s}");
         let mut carried = BTreeMap::new();
         carried.insert("v".to_string(), "x y".to_string());
         let s2 = render_script(&c, 1, Path::new("/res"), &carried);
         assert!(s2.contains("v='x y'; export v"));
-        assert!(s2.contains(r#"if [ "$st" -ne 0 ] && grep -qF -e 'can'\''t' "$R/step-1/dmesg"; then pt='refused: x'"#), "{s2}");
+        assert!(s2.contains(r#"if [ "$dmt_st" -ne 0 ] && grep -qF -e 'can'\''t' "$R/step-1/dmesg"; then pt='refused: x'"#), "{s2}");
         assert!(
             s2.contains(r#"if { [ "${pt-}" = 'accepted' ]; }; then"#),
             "{s2}"
         );
     }
 
-    /// The generated script is valid sh and the protocol round-trips through a real shell
-    /// (no VM: stubs stand in for dmesg/dmsetup; the disk lookup is skipped).
+    /// The script's own variables are all `dmt_…` (or upper case): no lower-case name a
+    /// capture could take is assigned by the script itself.
     #[test]
-    fn script_runs_in_sh_and_reads_back() {
+    fn script_variables_cannot_collide_with_captures() {
         let c = case::parse(CASE, "t").unwrap();
-        let tmp = tempfile::tempdir().unwrap();
-        let res = tmp.path();
+        let mut carried = BTreeMap::new();
+        carried.insert("v".to_string(), "x".to_string());
+        let s = render_script(&c, 1, Path::new("/res"), &carried);
+        let assign = regex::Regex::new(r"(?m)(?:^|[;\s(])([a-z][a-z0-9_]*)=").unwrap();
+        let reads = regex::Regex::new(r"\bread -r ((?:[a-z][a-z0-9_]* ?)+)").unwrap();
+        let mut names: Vec<String> = assign.captures_iter(&s).map(|m| m[1].to_string()).collect();
+        for m in reads.captures_iter(&s) {
+            names.extend(m[1].split_whitespace().map(str::to_string));
+        }
+        names.extend(
+            regex::Regex::new(r"\bfor ([a-z][a-z0-9_]*) in")
+                .unwrap()
+                .captures_iter(&s)
+                .map(|m| m[1].to_string()),
+        );
+        let defined = ["v", "pt", "n"];
+        for n in names {
+            assert!(
+                n.starts_with("dmt_") || defined.contains(&n.as_str()),
+                "the guest script assigns `{n}`, which a capture could be named"
+            );
+        }
+    }
+
+    /// Runs a boot script in a real shell with stubs for the guest's tools (no VM); returns
+    /// the records.
+    fn run_boot_in_sh(c: &case::Case, b: usize, carried: &BTreeMap<String, String>) -> BootRecord {
+        let tmp = tempfile::tempdir().unwrap().keep();
+        let res = tmp.as_path();
         let bin = res.join("bin");
         std::fs::create_dir_all(&bin).unwrap();
-        let log = res.join("kmsg");
-        let dmesg = format!(
-            "cat {0} 2>/dev/null; echo \"device-mapper: cache: can't do that\" >> {0}",
-            log.display()
-        );
+        let kmsg = res.join("kmsg");
+        let dmesg = format!("cat {} 2>/dev/null", kmsg.display());
         for (name, body) in [
             ("dmesg", dmesg.as_str()),
             ("dmsetup", "echo 'cache            v2.4.0'"),
             ("modprobe", "true"),
             ("uname", "echo 9.9.9-test"),
+            ("sync", "true"),
         ] {
             let p = bin.join(name);
             std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
-        let mut carried = BTreeMap::new();
-        carried.insert("v".to_string(), "it's".to_string());
-        prepare_boot(&c, 1, res, &carried).unwrap();
-        let script = boot_dir(res, 1).join("boot.sh");
+        prepare_boot(c, b, res, carried).unwrap();
+        let script = boot_dir(res, b).join("boot.sh");
         let text = std::fs::read_to_string(&script)
             .unwrap()
             .replace(GUEST_RESULTS, &res.display().to_string())
@@ -439,30 +577,76 @@ boots:
         std::fs::write(&script, text).unwrap();
         let out = std::process::Command::new("sh")
             .arg(&script)
+            .env("DMT_KMSG", &kmsg)
             .output()
             .unwrap();
         assert!(out.status.success(), "{out:?}");
-        let rec = read_boot(res, 1, 2);
+        read_boot(res, b, c.boots[b].steps.len(), "")
+    }
+
+    /// The generated script is valid sh and the protocol round-trips through a real shell.
+    #[test]
+    fn script_runs_in_sh_and_reads_back() {
+        let c = case::parse(CASE, "t").unwrap();
+        let mut carried = BTreeMap::new();
+        carried.insert("v".to_string(), "it's".to_string());
+        let rec = run_boot_in_sh(&c, 1, &carried);
         assert!(rec.started && rec.done, "{rec:?}");
         assert_eq!(rec.release.as_deref(), Some("9.9.9-test"));
         assert_eq!(rec.cache_target().as_deref(), Some("2.4.0"));
         assert_eq!(rec.steps[0].status, Some(1));
         assert_eq!(rec.steps[0].label.as_deref(), Some("refused: x"));
-        // host-side classification agrees with the guest's
         assert_eq!(
-            classify(&c.boots[1].steps[0].outcomes, 1, &rec.steps[0].dmesg),
-            "refused: x"
+            rec.steps[0].dmesg,
+            vec!["device-mapper: cache: can't do that".to_string()],
+            "the step's kernel log lines, between its markers"
         );
         assert!(rec.steps[1].skipped);
+        assert_eq!(rec.steps[2].status, Some(0), "{:?}", rec.steps[2]);
+        assert!(rec.steps[2].abort.is_none(), "{:?}", rec.steps[2]);
+        let rp = replay::replay(&c, &[&BootRecord::default(), &rec]);
+        assert_eq!(rp.values["pt"], "refused: x");
+        assert!(rp.steps[1].iter().all(|f| f.problems.is_empty()));
+    }
+
+    /// A failure inside a pipeline fails the step (bash pipefail), and `expect_match` sees
+    /// the trimmed stdout and stops the boot like `expect`.
+    #[test]
+    fn pipefail_and_expect_match_stop_the_boot() {
+        let text = CASE
+            .replace(
+                "run: printf '1\\n'\n        expect_match: '^[0-9]+$'",
+                "run: printf 'x\\n'\n        expect_match: '^[0-9]+$'",
+            )
+            .replace(
+                "      - run: echo only-if-accepted\n        when: { pt: accepted }\n",
+                "      - run: dd if=/nonexistent bs=1 count=1 2>/dev/null | md5sum\n        expect_status: nonzero\n",
+            );
+        let c = case::parse(&text, "t").unwrap();
+        let rec = run_boot_in_sh(&c, 1, &BTreeMap::new());
+        assert_ne!(rec.steps[1].status, Some(0), "pipefail: {:?}", rec.steps[1]);
+        assert!(rec.steps[1].abort.is_none());
+        assert!(
+            rec.steps[2]
+                .abort
+                .as_deref()
+                .is_some_and(|a| a.contains("does not match")),
+            "{:?}",
+            rec.steps[2]
+        );
+        assert!(rec.done);
     }
 
     #[test]
-    fn classify_first_match() {
-        let c = case::parse(CASE, "t").unwrap();
-        let o = &c.boots[1].steps[0].outcomes;
-        assert_eq!(classify(o, 0, &[]), "accepted");
-        assert_eq!(classify(o, 1, &["x can't y".into()]), "refused: x");
-        assert_eq!(classify(o, 1, &[]), UNCLASSIFIED);
+    fn step_klog_slices_between_markers() {
+        let log = "[ 1.0] a\n[ 2.0] dmt: step-1 begin\n[ 2.1] x\n[ 2.2] dmt: step-1 end\n[ 3.0] dmt: step-11 begin\n[ 3.1] y\n";
+        assert_eq!(step_klog(log, 0).unwrap(), vec!["[ 2.1] x"]);
+        assert_eq!(
+            step_klog(log, 10).unwrap(),
+            vec!["[ 3.1] y"],
+            "no end marker: to the end"
+        );
+        assert!(step_klog(log, 1).is_none());
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! dmcache-vmtest: run dm-cache cases on real kernels in real VMs.
 //!
 //! Data flow: `case` (YAML model) → `kernel` (resolve/fetch/build) → `vm` (one vng
-//! process per boot, guest script from `guest`) → `console` scan → `check`
-//! (assertions, classification, verdict) → `report`.  `run` orchestrates one case.
+//! process per boot, guest script from `guest`) → `console` scan → `replay` (the host's
+//! reading of the guest's records) → `check` (assertions, classification, verdict) → `report`.  `run` orchestrates one case.
 
 pub mod bench;
 pub mod cache;
@@ -15,6 +15,7 @@ pub mod image;
 pub mod kbuild;
 pub mod kernel;
 pub mod matrix;
+pub mod replay;
 pub mod report;
 pub mod run;
 pub mod vm;

@@ -6,6 +6,7 @@ use crate::case::Case;
 use crate::console::{self, ConsoleScan};
 use crate::guest::{self, BootRecord};
 use crate::kernel::Kernel;
+use crate::replay;
 use crate::vm::{self, Accel, ProcessEnd, VmConfig};
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -185,10 +186,7 @@ pub fn boot_end(
     scan: &ConsoleScan,
     process: ProcessEnd,
 ) -> BootEnd {
-    let planned_crash = case.boots[b]
-        .steps
-        .last()
-        .is_some_and(|s| s.crash.is_some());
+    let planned_crash = case.boots[b].ends_in_crash();
     if process == ProcessEnd::Interrupted {
         return BootEnd::Interrupted;
     }
@@ -234,23 +232,6 @@ pub fn boot_end(
     ))
 }
 
-/// Values (captures and classification labels) a boot produced, host-side.
-pub fn boot_values(case: &Case, b: usize, rec: &BootRecord, values: &mut BTreeMap<String, String>) {
-    for (i, step) in case.boots[b].steps.iter().enumerate() {
-        let Some(sr) = rec.steps.get(i) else { continue };
-        let Some(status) = sr.status else { continue };
-        if let Some(n) = &step.capture {
-            values.insert(n.clone(), guest::capture_value(&sr.stdout));
-        }
-        if let Some(n) = &step.classify {
-            values.insert(
-                n.clone(),
-                guest::classify(&step.outcomes, status, &sr.dmesg),
-            );
-        }
-    }
-}
-
 /// Creates the work dir: `disks/*.img` (sparse), `results/`, `logs/`.
 fn make_workdir(case: &Case, opts: &RunOptions) -> Result<tempfile::TempDir> {
     let parent = opts.work_parent.clone().unwrap_or_else(std::env::temp_dir);
@@ -285,7 +266,7 @@ pub fn run_case(
     let results = work.path().join("results");
     let logs = work.path().join("logs");
     let mut values: BTreeMap<String, String> = BTreeMap::new();
-    let mut boots = Vec::new();
+    let mut boots: Vec<BootOutcome> = Vec::new();
     for b in 0..case.boots.len() {
         let outcome = run_boot(
             case,
@@ -307,12 +288,14 @@ pub fn run_case(
             }
             Err(e) => return Err(e),
         };
-        boot_values(case, b, &outcome.record, &mut values);
         let go_on = matches!(outcome.end, BootEnd::Reset | BootEnd::Exited);
         boots.push(outcome);
         if !go_on {
             break;
         }
+        // The next boot gets the values as the host derived them, never the guest's.
+        let records: Vec<&BootRecord> = boots.iter().map(|o| &o.record).collect();
+        values = replay::replay(case, &records).values;
     }
     if let Some(dest) = &opts.save_logs {
         save_logs(
@@ -399,13 +382,8 @@ fn run_boot(
         });
         let mut last_step = usize::MAX;
         let mut tick = || {
-            let done = (0..nsteps)
-                .take_while(|i| {
-                    bdir.join(format!("step-{}/status", i + 1)).exists()
-                        || bdir.join(format!("step-{}/skipped", i + 1)).exists()
-                })
-                .count();
-            if done != last_step && done < nsteps && bdir.join("started").exists() {
+            let done = guest::steps_finished(&bdir, nsteps);
+            if done != last_step && done < nsteps && guest::boot_started(&bdir) {
                 last_step = done;
                 events(Event::Step {
                     boot: b,
@@ -419,7 +397,7 @@ fn run_boot(
         let launched = vm::launch(&cfg, logs, &tag, opts.timeout, &mut tick)?;
         let console = std::fs::read_to_string(&launched.console_log).unwrap_or_default();
         let scan = console::scan(&console);
-        let record = guest::read_boot(results, b, nsteps);
+        let record = guest::read_boot(results, b, nsteps, &console);
         let end = boot_end(case, b, &record, &scan, launched.end);
         if let BootEnd::Infra(why) = &end {
             if attempt == 1 {

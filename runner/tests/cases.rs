@@ -32,10 +32,10 @@ fn wrong_expectation(case: &Case, observed: &BTreeMap<String, String>) -> Case {
                 continue;
             };
             let labels: Vec<String> = case
-                .all_steps()
-                .filter(|(_, _, s)| s.classify.as_deref() == Some(name))
-                .flat_map(|(_, _, s)| s.outcomes.iter().map(|o| o.label.clone()))
+                .outcome_labels(name)
+                .into_iter()
                 .filter(|l| l != got)
+                .map(str::to_string)
                 .collect();
             *allowed = OneOrMany::Many(labels);
         }

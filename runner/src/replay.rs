@@ -1,0 +1,225 @@
+//! The one host-side replay of a case over what the guest recorded.
+//!
+//! The guest decides at run time (which steps run, which label a classification gets, when a
+//! failed expectation stops the boot); the host decides again, here, from the raw records
+//! (exit status, stdout, kernel log lines), and the guest's own decisions are only compared
+//! with the host's.  Any disagreement, or a record that is missing or contradictory, is a
+//! problem of that step: a guest can make a verdict worse, never better.  `run` uses the
+//! values to carry them into the next boot; `check` judges from the facts.
+
+use crate::case::{Case, Cond, ExpectStatus, Outcome, Step, StepKind, UNCLASSIFIED};
+use crate::guest::{BootRecord, StepRecord};
+use std::collections::BTreeMap;
+
+/// What became of a step, as the host sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepState {
+    /// The guest ran it and recorded this exit status.
+    Ran(i32),
+    /// The host's condition was false and the guest skipped it.
+    Skipped,
+    /// No record: the boot ended before it (or the guest left no trace of it).
+    NotReached,
+    /// A crash step (its outcome is the boot's end).
+    Crash,
+}
+
+/// The host's facts about one step.
+#[derive(Debug, Clone)]
+pub struct StepFact {
+    /// The host's decision from the values known before the step.
+    pub enabled: bool,
+    pub state: StepState,
+    /// A capture's value or a classification's label (host-derived).
+    pub value: Option<String>,
+    /// What is wrong with this step: unmet expectations and guest/host disagreements.
+    pub problems: Vec<String>,
+    /// Evidence for the problems: stderr tail and the step's kernel log lines.
+    pub detail: Vec<String>,
+}
+
+/// The host's replay of the boots that ran.
+#[derive(Debug, Clone, Default)]
+pub struct Replay {
+    /// Captures and classification labels, by name.
+    pub values: BTreeMap<String, String>,
+    /// Per boot that ran, per step.
+    pub steps: Vec<Vec<StepFact>>,
+}
+
+/// The captured value of a step, and the text `expect_match` sees: stdout without trailing
+/// newlines (like the shell's `$(...)`).
+pub fn trimmed(stdout: &str) -> String {
+    stdout.trim_end_matches('\n').to_string()
+}
+
+/// The first outcome whose status and kernel-log conditions hold.
+pub fn classify(outcomes: &[Outcome], status: i32, dmesg: &[String]) -> String {
+    outcomes
+        .iter()
+        .find(|o| {
+            o.status.unwrap_or(ExpectStatus::Any).accepts(status)
+                && o.dmesg
+                    .as_ref()
+                    .is_none_or(|m| dmesg.iter().any(|l| l.contains(m.as_str())))
+        })
+        .map(|o| o.label.clone())
+        .unwrap_or_else(|| UNCLASSIFIED.to_string())
+}
+
+/// True when `step` runs given the values known before it.
+pub fn step_enabled(step: &Step, values: &BTreeMap<String, String>) -> bool {
+    let holds = |c: &Option<Cond>| c.as_ref().map(|c| c.holds(values));
+    holds(&step.when).unwrap_or(true) && !holds(&step.unless).unwrap_or(false)
+}
+
+/// Does `text` match `re` as the guest's bash `=~` would (POSIX ERE, `.` matches a newline)?
+pub fn matches(re: &str, text: &str) -> bool {
+    regex::RegexBuilder::new(re)
+        .dot_matches_new_line(true)
+        .build()
+        .map(|r| r.is_match(text))
+        .unwrap_or(false)
+}
+
+fn tail(s: &str, n: usize) -> Vec<String> {
+    let v: Vec<&str> = s.lines().collect();
+    v[v.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| l.to_string())
+        .collect()
+}
+
+/// Replays `case` over the records of the boots that ran (`records[b]` for boot `b`).
+pub fn replay(case: &Case, records: &[&BootRecord]) -> Replay {
+    let mut out = Replay::default();
+    for (b, rec) in records.iter().enumerate() {
+        let Some(boot) = case.boots.get(b) else { break };
+        let facts = boot
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, step)| {
+                let none = StepRecord::default();
+                let r = rec.steps.get(i).unwrap_or(&none);
+                step_fact(step, r, &mut out.values)
+            })
+            .collect();
+        out.steps.push(facts);
+    }
+    out
+}
+
+fn step_fact(step: &Step, r: &StepRecord, values: &mut BTreeMap<String, String>) -> StepFact {
+    let enabled = step_enabled(step, values);
+    let mut f = StepFact {
+        enabled,
+        state: StepState::NotReached,
+        value: None,
+        problems: vec![],
+        detail: tail(&r.stderr, 8),
+    };
+    f.detail.extend(r.dmesg.iter().cloned());
+    if let StepKind::Crash(_) = step.kind {
+        f.state = StepState::Crash;
+        return f;
+    }
+    match (r.status, r.skipped) {
+        (Some(_), true) => {
+            f.problems
+                .push("the guest recorded both an exit status and a skip".into());
+            return f;
+        }
+        (None, true) if enabled => {
+            f.problems
+                .push("skipped in the guest although its condition held".into());
+            return f;
+        }
+        (None, true) => {
+            f.state = StepState::Skipped;
+            return f;
+        }
+        (Some(_), false) if !enabled => {
+            f.problems
+                .push("ran in the guest although its condition was false".into());
+            return f;
+        }
+        (None, false) => return f,
+        (Some(status), false) => f.state = StepState::Ran(status),
+    }
+    let StepState::Ran(status) = f.state else {
+        unreachable!()
+    };
+    let out = trimmed(&r.stdout);
+    match &step.kind {
+        StepKind::Run(cmd) | StepKind::Capture { cmd, .. } => {
+            if !cmd.expect_status.accepts(status) {
+                f.problems.push(format!(
+                    "exit status {status}, expected {}",
+                    cmd.expect_status
+                ));
+            }
+            if let Some(re) = &cmd.expect_match {
+                if !matches(re, &out) {
+                    f.problems.push(format!("stdout does not match /{re}/"));
+                    f.detail.splice(0..0, tail(&r.stdout, 8));
+                }
+            }
+            if let StepKind::Capture { name, expect, .. } = &step.kind {
+                if let Some(want) = expect.as_ref().filter(|w| **w != out) {
+                    f.problems
+                        .push(format!("`{name}` is `{out}`, expected `{want}`"));
+                }
+                values.insert(name.clone(), out.clone());
+                f.value = Some(out);
+            }
+        }
+        StepKind::Classify { name, outcomes, .. } => {
+            let label = classify(outcomes, status, &r.dmesg);
+            match r.label.as_deref() {
+                Some(g) if g == label => {}
+                Some(g) => f.problems.push(format!(
+                    "the guest classified `{g}` but the host `{label}` (from the same exit status and kernel log)"
+                )),
+                None => f
+                    .problems
+                    .push(format!("the guest recorded no label (the host: `{label}`)")),
+            }
+            values.insert(name.clone(), label.clone());
+            f.value = Some(label);
+        }
+        StepKind::Crash(_) => unreachable!("handled above"),
+    }
+    if let Some(why) = &r.abort {
+        if f.problems.is_empty() {
+            f.problems.push(format!(
+                "the guest stopped the boot here ({}) although the host finds the step met its expectations",
+                if why.is_empty() { "no reason given" } else { why }
+            ));
+        }
+    }
+    f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matching_is_on_trimmed_stdout_like_bash() {
+        assert!(matches("^1$", &trimmed("1\n")));
+        assert!(!matches("^1$", &trimmed("1\n2\n")));
+        assert!(matches("^1.2$", &trimmed("1\n2\n")));
+    }
+
+    #[test]
+    fn classify_first_match() {
+        let o: Vec<Outcome> = serde_yaml_ng::from_str(
+            "[{ label: 'refused: x', status: nonzero, dmesg: \"can't\" }, { label: accepted, status: 0 }]",
+        )
+        .unwrap();
+        assert_eq!(classify(&o, 0, &[]), "accepted");
+        assert_eq!(classify(&o, 1, &["x can't y".into()]), "refused: x");
+        assert_eq!(classify(&o, 1, &[]), UNCLASSIFIED);
+    }
+}
