@@ -439,7 +439,13 @@ pub fn evaluate(case: &Case, run: &CaseRun) -> Verdict {
         release: Some(facts.release).filter(|r| !r.is_empty()),
         cache_target: facts.cache_target,
         accel: run.accel,
-        tools: last_rec.map(|r| r.tools.clone()).unwrap_or_default(),
+        tools: run
+            .boots
+            .iter()
+            .map(|o| &o.record.tools)
+            .find(|t| !t.is_empty())
+            .cloned()
+            .unwrap_or_default(),
         status,
         classifications,
         captures,

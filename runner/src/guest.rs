@@ -139,6 +139,9 @@ pub fn render_script(
         sh_quote(&r.to_string())
     );
     s.push_str(PROLOGUE);
+    if b == 0 {
+        s.push_str(TOOL_VERSIONS);
+    }
     for d in &case.disks {
         let _ = writeln!(
             s,
@@ -240,17 +243,20 @@ dmt_run() {
 }
 mkdir -p "$R/facts"
 uname -r > "$R/facts/release"
-for dmt_m in dm-mod dm-cache dm-cache-smq dm-cache-cleaner; do modprobe -q "$dmt_m" 2>/dev/null; done
+modprobe -qa dm-mod dm-cache dm-cache-smq dm-cache-cleaner 2>/dev/null
 dmsetup targets > "$R/facts/targets" 2>&1
-{
+grep -q '^cache ' "$R/facts/targets" || dmt_fail "kernel has no dm-cache target (dmsetup targets: $(tr '\n' ' ' < "$R/facts/targets"))"
+command -v bash >/dev/null || dmt_fail "the guest has no bash (steps run in bash with pipefail)"
+"#;
+
+/// The guest's tool versions, recorded by the first boot (every boot sees the same root).
+const TOOL_VERSIONS: &str = r#"{
   echo "dmsetup: $(dmsetup --version 2>&1 | head -1)"
   echo "fio: $(fio --version 2>&1 | head -1)"
   echo "cache_check: $(cache_check -V 2>&1 | head -1)"
   echo "coreutils: $(md5sum --version 2>&1 | head -1)"
   echo "bash: $(bash --version 2>&1 | head -1)"
 } > "$R/facts/tools"
-grep -q '^cache ' "$R/facts/targets" || dmt_fail "kernel has no dm-cache target (dmsetup targets: $(tr '\n' ' ' < "$R/facts/targets"))"
-command -v bash >/dev/null || dmt_fail "the guest has no bash (steps run in bash with pipefail)"
 "#;
 
 /// Writes the boot script and every step's `cmd.sh` into the results dir (host path);
