@@ -236,7 +236,9 @@ pub fn qemu_binary() -> String {
 pub struct GroupGuard {
     child: Child,
     pgid: Pid,
-    /// Set once the group is killed and the leader reaped.
+    /// The group has been killed (once: afterwards the group id is not ours to signal).
+    killed: bool,
+    /// The leader's status, once reaped.
     status: Option<ExitStatus>,
 }
 
@@ -255,6 +257,7 @@ impl GroupGuard {
         Ok(GroupGuard {
             child,
             pgid,
+            killed: false,
             status: None,
         })
     }
@@ -266,8 +269,8 @@ impl GroupGuard {
 
     /// Has the leader ended?  Does not reap it (the group id stays reserved).
     pub fn exited(&mut self) -> Result<Option<LeaderEnd>> {
-        if let Some(st) = self.status {
-            return Ok(Some(match st.code() {
+        if self.killed {
+            return Ok(Some(match self.status.and_then(|st| st.code()) {
                 Some(c) => LeaderEnd::Exited(c),
                 None => LeaderEnd::Signaled,
             }));
@@ -284,7 +287,7 @@ impl GroupGuard {
 
     /// SIGTERM to the group, up to `grace` for the leader to end, then [`GroupGuard::kill`].
     pub fn stop(&mut self, grace: Duration) {
-        if self.status.is_none() && !matches!(self.exited(), Ok(Some(_))) {
+        if !self.killed && !matches!(self.exited(), Ok(Some(_))) {
             let _ = killpg(self.pgid, Signal::SIGTERM);
             let t = Instant::now();
             while t.elapsed() < grace && matches!(self.exited(), Ok(None)) {
@@ -296,7 +299,8 @@ impl GroupGuard {
 
     /// SIGKILL to the whole group (QEMU may outlive vng), then reap the leader.  Idempotent.
     pub fn kill(&mut self) {
-        if self.status.is_none() {
+        if !self.killed {
+            self.killed = true;
             let _ = killpg(self.pgid, Signal::SIGKILL);
             self.status = self.child.wait().ok();
         }
