@@ -23,7 +23,8 @@ fn median(v: &[f64]) -> f64 {
     s[s.len() / 2]
 }
 
-/// Times `n` bare `vng --exec true` boots of `kernel` (seconds each).
+/// Times `n` bare `vng --exec true` boots of `kernel` (seconds each).  Each boot is a
+/// [`vm::launch`], so its process group is killed on any return.
 pub fn bare_boots(case: &Case, kernel: &Kernel, opts: &RunOptions, n: usize) -> Result<Vec<f64>> {
     let tmp = tempfile::tempdir()?;
     let mut bare = Vec::new();
@@ -37,6 +38,9 @@ pub fn bare_boots(case: &Case, kernel: &Kernel, opts: &RunOptions, n: usize) -> 
             Duration::from_secs(300),
             &mut || {},
         )?;
+        if l.end == vm::ProcessEnd::Interrupted {
+            bail!("interrupted during bare boot {} of {}", i + 1, kernel.spec);
+        }
         if l.end != vm::ProcessEnd::Exited(0) {
             bail!(
                 "bare boot {} of {} ended {:?}: see {}",

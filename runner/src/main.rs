@@ -280,10 +280,10 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 .transpose()?;
             let jobs = jobs.unwrap_or_else(dmcache_vmtest::matrix::default_jobs);
             let ui = report::MultiUi::new();
+            // Every pair gets a row: a host error (kernel fetch, …) is that pair's ERROR.
             let results =
                 dmcache_vmtest::matrix::run(&m, jobs, repeat, &opts, &|l, e| ui.event(l, e));
             ui.finish();
-            let results = results?;
             print!("{}", report::matrix_table(&results));
             let write = |p: &Option<PathBuf>, text: String| -> Result<()> {
                 if let Some(p) = p {
@@ -295,17 +295,24 @@ fn dispatch(cli: Cli) -> Result<i32> {
             write(&junit, report::matrix_junit(&results))?;
             write(&summary, report::matrix_markdown(&results))?;
             write(&json, report::to_json(&results))?;
+            let n = results.len();
+            let errored = results.iter().filter(|r| r.errored()).count();
             let bad = results.iter().filter(|r| !r.ok()).count();
-            if bad > 0 {
+            if errored > 0 {
                 eprintln!(
-                    "{bad} of {} pairs differ from their expected outcome",
-                    results.len()
+                    "{errored} of {n} pairs could not be judged (host or infrastructure error)"
                 );
-                Ok(1)
-            } else {
-                println!("all {} pairs as expected", results.len());
-                Ok(0)
             }
+            if bad > errored {
+                eprintln!(
+                    "{} of {n} pairs differ from their expected outcome",
+                    bad - errored
+                );
+            }
+            if bad == 0 {
+                println!("all {n} pairs as expected");
+            }
+            Ok(dmcache_vmtest::matrix::exit_code(&results))
         }
         Cmd::Image {
             cmd: ImageCmd::Build { name },

@@ -211,11 +211,21 @@ pub struct PairResult {
     pub runs: Vec<Verdict>,
     /// Per run, what differed from the expectation.
     pub mismatches: Vec<Vec<String>>,
+    /// Host errors that kept runs of this pair from a verdict (the kernel could not be
+    /// fetched or built, the case file is invalid, the run was interrupted …), each once,
+    /// prefixed with the runs it concerns unless it concerns all of them.
+    pub errors: Vec<String>,
 }
 
 impl PairResult {
     pub fn ok(&self) -> bool {
-        !self.runs.is_empty() && self.mismatches.iter().all(|m| m.is_empty())
+        !self.runs.is_empty()
+            && self.errors.is_empty()
+            && self.mismatches.iter().all(|m| m.is_empty())
+    }
+    /// A host error or a run that could not judge the case (infrastructure).
+    pub fn errored(&self) -> bool {
+        !self.errors.is_empty() || self.runs.iter().any(|v| v.status == Status::Infra)
     }
     /// Runs that disagree with each other (status or labels).
     pub fn flaky(&self) -> bool {
@@ -231,6 +241,18 @@ impl PairResult {
         }
         t.sort_by(|a, b| a.total_cmp(b));
         (t[0], t[t.len() / 2], t[t.len() - 1])
+    }
+}
+
+/// The matrix command's exit status: 2 if a pair could not be judged (a host error, an
+/// infrastructure failure, an interrupt), else 1 if a pair differs from its expectation, else 0.
+pub fn exit_code(results: &[PairResult]) -> i32 {
+    if results.iter().any(PairResult::errored) {
+        2
+    } else if results.iter().any(|r| !r.ok()) {
+        1
+    } else {
+        0
     }
 }
 
@@ -253,104 +275,163 @@ pub fn default_jobs() -> usize {
 }
 
 /// Runs every pair `repeat` times with `jobs` VMs at a time.  Kernels are resolved (fetched,
-/// built) first, one at a time.  `ui` gets a label and the events of each job.
+/// built) first, one at a time.  `ui` gets a label and the events of each job.  Nothing is
+/// discarded: a kernel that cannot be had, a case that does not load or a run that fails on
+/// the host becomes an error of the pairs it concerns, and every other pair is run and judged.
 pub fn run(
     m: &Matrix,
     jobs: usize,
     repeat: usize,
     base: &crate::run::RunOptions,
     ui: &(dyn Fn(&str, Option<crate::run::Event>) + Sync),
-) -> Result<Vec<PairResult>> {
-    use std::sync::Mutex;
-    let mut kernels = BTreeMap::new();
+) -> Vec<PairResult> {
+    type Prepared = std::result::Result<(crate::kernel::Kernel, crate::vm::Accel), String>;
+    let mut kernels: BTreeMap<String, Prepared> = BTreeMap::new();
     for (name, k) in &m.kernels {
         if !m.pairs.iter().any(|p| &p.kernel == name) {
             continue;
         }
         ui(&format!("kernel {name}"), None);
-        let spec =
-            crate::kernel::KernelSpec::parse(&k.spec).with_context(|| format!("kernel {name}"))?;
-        let resolved = crate::kernel::resolve(&spec, &k.spec, &mut |msg| {
-            ui(&format!("kernel {name}: {msg}"), None)
-        })
-        .with_context(|| format!("kernel {name} ({})", k.spec))?;
-        let (accel, notice) = match base.accel_override {
-            Some(a) => (a, None),
-            None => crate::vm::choose_accel(&resolved.image)?,
-        };
-        if let Some(n) = notice {
-            ui(&format!("note: {n}"), None);
+        let prepared = (|| -> Result<_> {
+            let spec = crate::kernel::KernelSpec::parse(&k.spec)?;
+            let resolved = crate::kernel::resolve(&spec, &k.spec, &mut |msg| {
+                ui(&format!("kernel {name}: {msg}"), None)
+            })?;
+            let (accel, notice) = match base.accel_override {
+                Some(a) => (a, None),
+                None => crate::vm::choose_accel(&resolved.image)?,
+            };
+            if let Some(n) = notice {
+                ui(&format!("note: {n}"), None);
+            }
+            Ok((resolved, accel))
+        })()
+        .map_err(|e| format!("kernel {name} ({}): {e:#}", k.spec));
+        if let Err(e) = &prepared {
+            ui(&format!("error: {e}"), None);
         }
-        kernels.insert(name.clone(), (resolved, accel));
+        kernels.insert(name.clone(), prepared);
     }
-    let cases: BTreeMap<String, case::Case> = m
+    let cases: BTreeMap<&str, std::result::Result<case::Case, String>> = m
         .pairs
         .iter()
-        .map(|p| Ok((p.case.clone(), case::load(&case::find(&p.case)?)?)))
-        .collect::<Result<_>>()?;
-    let queue: Mutex<Vec<(usize, usize)>> = Mutex::new(
-        (0..repeat.max(1))
-            .flat_map(|r| (0..m.pairs.len()).map(move |i| (i, r)))
-            .rev()
-            .collect(),
-    );
-    let results: Mutex<Vec<Vec<Option<Verdict>>>> =
-        Mutex::new(vec![vec![None; repeat.max(1)]; m.pairs.len()]);
-    let errors: Mutex<Vec<String>> = Mutex::new(Vec::new());
+        .map(|p| {
+            let c = case::find(&p.case)
+                .and_then(|f| case::load(&f))
+                .map_err(|e| format!("case {}: {e:#}", p.case));
+            (p.case.as_str(), c)
+        })
+        .collect();
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
     let per_vm_cpus = (cpus / jobs.max(1)).max(1) as u32;
+    run_pairs(m, jobs, repeat, ui, &|pair, label| {
+        let (kernel, accel) = kernels[&pair.kernel]
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let case = cases[pair.case.as_str()]
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut opts = base.clone();
+        opts.accel = *accel;
+        opts.cpus = opts
+            .cpus
+            .or(Some(per_vm_cpus.min(crate::run::default_cpus(*accel))));
+        let out = crate::run::run_case(case, kernel, &opts, &mut |e| ui(label, Some(e)))?;
+        Ok(crate::check::evaluate(case, &out))
+    })
+}
+
+/// One run of one pair: the pair and its progress label; a verdict or a host error.
+pub type RunOne<'a> = dyn Fn(&Pair, &str) -> Result<Verdict> + Sync + 'a;
+
+/// The scheduler behind [`run`], with the per-run work injected: `jobs` workers take
+/// (pair, repeat) jobs off one queue; an `Err` from `run_one` becomes that pair's error
+/// (the other pairs go on), and runs never started because of an interrupt are recorded
+/// as such.  Results are in matrix order.
+pub fn run_pairs(
+    m: &Matrix,
+    jobs: usize,
+    repeat: usize,
+    ui: &(dyn Fn(&str, Option<crate::run::Event>) + Sync),
+    run_one: &RunOne,
+) -> Vec<PairResult> {
+    use std::sync::Mutex;
+    let repeat = repeat.max(1);
+    let queue: Mutex<Vec<(usize, usize)>> = Mutex::new(
+        (0..repeat)
+            .flat_map(|r| (0..m.pairs.len()).map(move |i| (i, r)))
+            .rev()
+            .collect(),
+    );
+    type Slot = Option<std::result::Result<Verdict, String>>;
+    let results: Mutex<Vec<Vec<Slot>>> = Mutex::new(vec![vec![None; repeat]; m.pairs.len()]);
     std::thread::scope(|s| {
         for _ in 0..jobs.max(1) {
             s.spawn(|| loop {
-                let Some((i, r)) = queue.lock().unwrap().pop() else {
-                    break;
-                };
                 if crate::vm::INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
                     break;
                 }
+                let Some((i, r)) = queue.lock().unwrap().pop() else {
+                    break;
+                };
                 let pair = &m.pairs[i];
-                let (kernel, accel) = &kernels[&pair.kernel];
-                let case = &cases[&pair.case];
-                let mut opts = base.clone();
-                opts.accel = *accel;
-                opts.cpus = opts
-                    .cpus
-                    .or(Some(per_vm_cpus.min(crate::run::default_cpus(*accel))));
                 let label = if repeat > 1 {
                     format!("{} #{}", pair.id(), r + 1)
                 } else {
                     pair.id()
                 };
-                match crate::run::run_case(case, kernel, &opts, &mut |e| ui(&label, Some(e))) {
-                    Ok(out) => {
-                        let v = crate::check::evaluate(case, &out);
-                        results.lock().unwrap()[i][r] = Some(v);
-                    }
-                    Err(e) => errors.lock().unwrap().push(format!("{label}: {e:#}")),
-                }
+                let got = run_one(pair, &label).map_err(|e| format!("{e:#}"));
                 ui(&label, None);
+                if let Err(e) = &got {
+                    ui(&format!("{label}: error: {e}"), None);
+                }
+                results.lock().unwrap()[i][r] = Some(got);
             });
         }
     });
-    let errors = errors.into_inner().unwrap();
-    if let Some(e) = errors.first() {
-        anyhow::bail!("{e}");
-    }
-    Ok(m.pairs
+    m.pairs
         .iter()
         .zip(results.into_inner().unwrap())
-        .map(|(p, runs)| {
-            let runs: Vec<Verdict> = runs.into_iter().flatten().collect();
+        .map(|(p, slots)| {
+            let mut runs = Vec::new();
+            // (message, runs that gave it), in order of first appearance
+            let mut failed: Vec<(String, Vec<usize>)> = Vec::new();
+            for (r, slot) in slots.into_iter().enumerate() {
+                let e = match slot {
+                    Some(Ok(v)) => {
+                        runs.push(v);
+                        continue;
+                    }
+                    Some(Err(e)) => e,
+                    None => "not run: interrupted".to_string(),
+                };
+                match failed.iter_mut().find(|(m, _)| *m == e) {
+                    Some((_, rs)) => rs.push(r + 1),
+                    None => failed.push((e, vec![r + 1])),
+                }
+            }
+            let errors = failed
+                .into_iter()
+                .map(|(e, rs)| {
+                    if rs.len() == repeat {
+                        e
+                    } else {
+                        let rs: Vec<String> = rs.iter().map(|r| r.to_string()).collect();
+                        format!("run {}: {e}", rs.join(", "))
+                    }
+                })
+                .collect();
             PairResult {
                 pair: p.clone(),
                 spec: m.kernels[&p.kernel].spec.clone(),
                 mismatches: runs.iter().map(|v| judge(p, v)).collect(),
                 runs,
+                errors,
             }
         })
-        .collect())
+        .collect()
 }
 
 #[cfg(test)]
@@ -447,6 +528,7 @@ pairs:
             spec: "debian:6.12".into(),
             runs: vec![verdict(Status::Pass, "refused: dirty mapping", &[]); 3],
             mismatches: vec![vec![]; 3],
+            errors: vec![],
         };
         r.runs[1].seconds = 50.0;
         r.runs[2].seconds = 90.0;
@@ -493,5 +575,181 @@ pairs:
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("m.yaml:8:14:"), "{e}");
+    }
+
+    const TWO: &str = r#"
+kernels:
+  good: { spec: "debian:6.12.117+deb12" }
+  gone: { spec: "debian:9.9" }
+pairs:
+  - kernel: good
+    case: unclean_passthrough
+    outcome: unfixed
+    verdict: pass
+    classify: { passthrough: "refused: dirty mapping" }
+  - kernel: gone
+    case: unclean_passthrough
+    outcome: unfixed
+    verdict: pass
+  - kernel: good
+    case: unclean_passthrough_empty
+    outcome: unfixed
+    verdict: pass
+"#;
+
+    #[test]
+    fn a_host_error_is_that_pairs_error_row_and_the_others_are_kept() {
+        let m = parse(TWO, "m.yaml").unwrap();
+        let for_pair = |p: &Pair, _label: &str| -> Result<Verdict> {
+            if p.kernel == "gone" {
+                anyhow::bail!("kernel gone (debian:9.9): apt knows no linux-image-9.9")
+            }
+            Ok(verdict(Status::Pass, "refused: dirty mapping", &[]))
+        };
+        for repeat in [1, 2] {
+            let results = run_pairs(&m, 2, repeat, &|_, _| {}, &for_pair);
+            assert_eq!(results.len(), 3);
+            let (good, gone) = (&results[0], &results[1]);
+            assert!(good.ok() && !good.errored(), "{good:?}");
+            assert_eq!(good.runs.len(), repeat);
+            assert!(results[2].ok());
+            assert!(gone.runs.is_empty() && !gone.ok() && gone.errored());
+            assert_eq!(
+                gone.errors,
+                vec!["kernel gone (debian:9.9): apt knows no linux-image-9.9"]
+            );
+            assert_eq!(exit_code(&results), 2);
+
+            // every report has the error row and the pairs that ran
+            let table = crate::report::matrix_table(&results);
+            let rows: Vec<&str> = table.lines().collect();
+            assert!(
+                rows[1].starts_with("good") && rows[1].ends_with("✓"),
+                "{table}"
+            );
+            assert!(
+                rows[2].starts_with("gone") && rows[2].contains("ERROR kernel gone"),
+                "{table}"
+            );
+            assert!(rows[2].ends_with("✗ ERROR"), "{table}");
+            assert!(rows[3].ends_with("✓"), "{table}");
+            assert!(
+                table.contains("unclean_passthrough@gone error: "),
+                "{table}"
+            );
+            let md = crate::report::matrix_markdown(&results);
+            assert!(
+                md.contains("| gone | unclean_passthrough | unfixed (pass) | ERROR kernel gone"),
+                "{md}"
+            );
+            assert!(
+                md.contains("❌ error") && md.matches("✅").count() == 2,
+                "{md}"
+            );
+            assert!(md.contains("- error: "), "{md}");
+            let junit = crate::report::matrix_junit(&results);
+            assert_eq!(junit.matches("<error").count(), 1, "{junit}");
+            assert!(junit.contains("apt knows no linux-image-9.9"), "{junit}");
+            assert_eq!(
+                junit.matches("<testcase").count(),
+                2 * repeat + 1,
+                "{junit}"
+            );
+            let json: serde_json::Value =
+                serde_json::from_str(&crate::report::to_json(&results)).unwrap();
+            assert_eq!(json[1]["errors"].as_array().unwrap().len(), 1);
+            assert_eq!(json[0]["runs"].as_array().unwrap().len(), repeat);
+        }
+    }
+
+    #[test]
+    fn an_error_of_some_runs_names_them() {
+        let m = parse(TWO, "m.yaml")
+            .unwrap()
+            .only(&["good".into()])
+            .unwrap();
+        let n = std::sync::atomic::AtomicUsize::new(0);
+        let second_fails = |_: &Pair, label: &str| -> Result<Verdict> {
+            n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if label.ends_with("#2") {
+                anyhow::bail!("cannot create a work dir in /tmp: No space left on device")
+            }
+            Ok(verdict(Status::Pass, "refused: dirty mapping", &[]))
+        };
+        let results = run_pairs(&m, 1, 3, &|_, _| {}, &second_fails);
+        assert_eq!(n.into_inner(), 6);
+        assert_eq!(results[0].runs.len(), 2);
+        assert_eq!(
+            results[0].errors,
+            vec!["run 2: cannot create a work dir in /tmp: No space left on device"]
+        );
+        assert_eq!(exit_code(&results), 2);
+    }
+
+    #[test]
+    fn mismatches_exit_1_and_infrastructure_exits_2() {
+        let m = parse(TWO, "m.yaml").unwrap();
+        let only_good = m.clone().only(&["good".into()]).unwrap();
+        let accepted = |_: &Pair, _: &str| Ok(verdict(Status::Pass, "accepted", &[]));
+        assert_eq!(
+            exit_code(&run_pairs(&only_good, 1, 1, &|_, _| {}, &accepted)),
+            1
+        );
+        let infra = |_: &Pair, _: &str| Ok(verdict(Status::Infra, "", &["boot 1: never started"]));
+        assert_eq!(
+            exit_code(&run_pairs(&only_good, 1, 1, &|_, _| {}, &infra)),
+            2
+        );
+        let fine = |_: &Pair, _: &str| Ok(verdict(Status::Pass, "refused: dirty mapping", &[]));
+        assert_eq!(
+            exit_code(&run_pairs(&only_good, 1, 1, &|_, _| {}, &fine)),
+            0
+        );
+    }
+
+    #[test]
+    fn kernels_and_cases_that_cannot_be_had_become_error_rows_without_a_vm() {
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("bzImage");
+        std::fs::write(&junk, "not a kernel").unwrap();
+        let text = format!(
+            r#"
+kernels:
+  missing: {{ spec: "{}/no-such-bzImage" }}
+  junk: {{ spec: "{}" }}
+pairs:
+  - {{ kernel: missing, case: unclean_passthrough, outcome: unfixed, verdict: pass }}
+  - {{ kernel: junk, case: unclean_passthrough, outcome: unfixed, verdict: pass }}
+  - {{ kernel: junk, case: no_such_case, outcome: unfixed, verdict: pass }}
+"#,
+            dir.path().display(),
+            junk.display()
+        );
+        let m = parse(&text, "m.yaml").unwrap();
+        let mut opts = crate::run::RunOptions::new(crate::vm::Accel::Tcg);
+        opts.accel_override = Some(crate::vm::Accel::Tcg);
+        let results = run(&m, 2, 1, &opts, &|_, _| {});
+        assert_eq!(results.len(), 3);
+        assert!(results.iter().all(|r| r.runs.is_empty() && r.errored()));
+        assert!(
+            results[0].errors[0].starts_with("kernel missing ("),
+            "{:?}",
+            results[0].errors
+        );
+        assert!(
+            results[0].errors[0].contains("does not exist"),
+            "{:?}",
+            results[0].errors
+        );
+        assert!(
+            results[1].errors[0].starts_with("kernel junk ("),
+            "{:?}",
+            results[1].errors
+        );
+        assert_eq!(
+            results[1].errors, results[2].errors,
+            "the kernel fails first"
+        );
+        assert_eq!(exit_code(&results), 2);
     }
 }

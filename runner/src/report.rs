@@ -201,15 +201,29 @@ enum PairMark {
     Ok,
     Flaky,
     Mismatch,
+    /// A host error kept a run from a verdict.
+    Error,
+}
+
+/// The first line of a host error, at most `max` characters, for a table cell.
+fn short(e: &str, max: usize) -> String {
+    let line = e.lines().next().unwrap_or("");
+    if line.chars().count() <= max {
+        line.to_string()
+    } else {
+        format!("{}…", line.chars().take(max - 1).collect::<String>())
+    }
 }
 
 fn pair_cells(r: &crate::matrix::PairResult) -> (String, PairMark) {
-    let result = r
-        .runs
-        .first()
-        .map(crate::matrix::describe)
-        .unwrap_or_else(|| "not run".into());
-    let mark = if !r.ok() {
+    let result = match (r.runs.first(), r.errors.first()) {
+        (Some(v), _) => crate::matrix::describe(v),
+        (None, Some(e)) => format!("ERROR {}", short(e, 50)),
+        (None, None) => "not run".into(),
+    };
+    let mark = if !r.errors.is_empty() {
+        PairMark::Error
+    } else if !r.ok() {
         PairMark::Mismatch
     } else if r.flaky() {
         PairMark::Flaky
@@ -217,6 +231,18 @@ fn pair_cells(r: &crate::matrix::PairResult) -> (String, PairMark) {
         PairMark::Ok
     };
     (result, mark)
+}
+
+/// What to say under a table about a pair that is not as expected: its host errors, then
+/// per run what differed.
+fn pair_problems(r: &crate::matrix::PairResult) -> Vec<String> {
+    let mut out: Vec<String> = r.errors.iter().map(|e| format!("error: {e}")).collect();
+    for (i, m) in r.mismatches.iter().enumerate() {
+        for line in m {
+            out.push(format!("run {}: {line}", i + 1));
+        }
+    }
+    out
 }
 
 /// The matrix as a Markdown table (for `$GITHUB_STEP_SUMMARY`).
@@ -229,11 +255,14 @@ pub fn matrix_markdown(results: &[crate::matrix::PairResult]) -> String {
         let v = r.runs.first();
         let (result, mark) = pair_cells(r);
         let mark = match mark {
+            PairMark::Error => "❌ error",
             PairMark::Mismatch => "❌ mismatch",
             PairMark::Flaky => "⚠️ flaky",
             PairMark::Ok => "✅",
         };
-        let times = if r.runs.len() > 1 {
+        let times = if r.runs.is_empty() {
+            "-".to_string()
+        } else if r.runs.len() > 1 {
             format!("{lo:.0}/{med:.0}/{hi:.0} s ×{}", r.runs.len())
         } else {
             format!("{med:.0} s")
@@ -248,7 +277,7 @@ pub fn matrix_markdown(results: &[crate::matrix::PairResult]) -> String {
                 crate::matrix::VerdictExpect::Pass => "pass",
                 crate::matrix::VerdictExpect::Fail => "fail",
             },
-            result,
+            result.replace('|', "\\|"),
             v.and_then(|v| v.release.clone()).unwrap_or_default(),
             v.and_then(|v| v.cache_target.clone()).unwrap_or_default(),
             times,
@@ -257,10 +286,8 @@ pub fn matrix_markdown(results: &[crate::matrix::PairResult]) -> String {
     }
     for r in results.iter().filter(|r| !r.ok()) {
         let _ = writeln!(s, "\n**{}** on `{}`:", r.pair.id(), r.spec);
-        for (i, m) in r.mismatches.iter().enumerate() {
-            for line in m {
-                let _ = writeln!(s, "- run {}: {line}", i + 1);
-            }
+        for line in pair_problems(r) {
+            let _ = writeln!(s, "- {line}");
         }
     }
     s
@@ -315,7 +342,22 @@ pub fn matrix_junit(results: &[crate::matrix::PairResult]) -> String {
             }
             suite.add_test_case(tc);
         }
-        if r.runs.is_empty() {
+        for (i, e) in r.errors.iter().enumerate() {
+            let mut st = TestCaseStatus::non_success(NonSuccessKind::Error);
+            st.set_message(short(e, 200));
+            st.set_description(e.clone());
+            let name = if r.runs.len() + r.errors.len() > 1 {
+                format!("{} error #{}", r.pair.id(), i + 1)
+            } else {
+                r.pair.id()
+            };
+            let mut tc = TestCase::new(name, st);
+            tc.set_classname(format!("{}.{}", r.pair.kernel, r.pair.case));
+            tc.add_property(quick_junit::Property::new("kernel", r.spec.clone()));
+            tc.add_property(quick_junit::Property::new("outcome", "ERROR (host)"));
+            suite.add_test_case(tc);
+        }
+        if r.runs.is_empty() && r.errors.is_empty() {
             let mut st = TestCaseStatus::non_success(NonSuccessKind::Error);
             st.set_message("not run");
             suite.add_test_case(TestCase::new(r.pair.id(), st));
@@ -343,21 +385,25 @@ pub fn matrix_table(results: &[crate::matrix::PairResult]) -> String {
         let (_, med, _) = r.durations();
         let (result, mark) = pair_cells(r);
         let mark = match mark {
+            PairMark::Error => "✗ ERROR",
             PairMark::Mismatch => "✗ MISMATCH",
             PairMark::Flaky => "! flaky",
             PairMark::Ok => "✓",
         };
+        let time = if r.runs.is_empty() {
+            "-".to_string()
+        } else {
+            format!("{med:.0} s")
+        };
         let _ = writeln!(
             s,
-            "{:<14} {:<28} {:<12} {:<58} {:>6.0} s {mark}",
-            r.pair.kernel, r.pair.case, r.pair.outcome, result, med
+            "{:<14} {:<28} {:<12} {:<58} {time:>8} {mark}",
+            r.pair.kernel, r.pair.case, r.pair.outcome, result
         );
     }
     for r in results.iter().filter(|r| !r.ok()) {
-        for (i, m) in r.mismatches.iter().enumerate() {
-            for line in m {
-                let _ = writeln!(s, "  {} run {}: {line}", r.pair.id(), i + 1);
-            }
+        for line in pair_problems(r) {
+            let _ = writeln!(s, "  {} {line}", r.pair.id());
         }
     }
     s

@@ -1,14 +1,16 @@
 //! Launching VMs: pure builders of the `vng` argument list (one small function per group),
-//! the KVM usability probe with TCG fallback, and one `vng` process per boot in its own
-//! process group, killed as a group on timeout, Ctrl-C or error.
+//! the KVM usability probe with TCG fallback, and one `vng` process per boot.  Every vng/QEMU
+//! child lives in a [`GroupGuard`]: its own process group, killed as a whole on timeout,
+//! Ctrl-C/SIGTERM, error or any early return.
 
 use anyhow::{bail, Context, Result};
 use nix::sys::signal::{killpg, Signal};
+use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -183,15 +185,16 @@ pub fn choose_accel(kernel: &Path) -> Result<(Accel, Option<String>)> {
             ),
         ));
     }
-    let out = tempfile::NamedTempFile::new()?;
-    let mut child = Command::new(qemu_binary())
-        .args(kvm_probe_args(kernel))
-        .stdin(Stdio::null())
-        .stdout(out.reopen()?)
-        .stderr(out.reopen()?)
-        .process_group(0)
-        .spawn()
-        .with_context(|| format!("cannot run {} for the KVM probe", qemu_binary()))?;
+    let out = tempfile::NamedTempFile::new().context("cannot create the KVM probe's log")?;
+    // Owned from here on: any early return below kills the probe's QEMU.
+    let mut probe = GroupGuard::spawn(
+        Command::new(qemu_binary())
+            .args(kvm_probe_args(kernel))
+            .stdin(Stdio::null())
+            .stdout(out.reopen()?)
+            .stderr(out.reopen()?),
+    )
+    .with_context(|| format!("cannot run {} for the KVM probe", qemu_binary()))?;
     let start = Instant::now();
     let verdict = loop {
         let mut text = String::new();
@@ -199,12 +202,15 @@ pub fn choose_accel(kernel: &Path) -> Result<(Accel, Option<String>)> {
         if let Some(v) = kvm_probe_verdict(&text) {
             break v;
         }
-        if child.try_wait()?.is_some() || start.elapsed() > Duration::from_secs(15) {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            bail!("interrupted during the KVM probe");
+        }
+        if probe.exited()?.is_some() || start.elapsed() > Duration::from_secs(15) {
             break false;
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    kill_group(&mut child);
+    drop(probe);
     if verdict {
         Ok((Accel::Kvm, None))
     } else {
@@ -219,23 +225,96 @@ pub fn qemu_binary() -> String {
     std::env::var("DMCACHE_VMTEST_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into())
 }
 
-/// SIGTERM then SIGKILL to the child's whole process group, and reap it.
-pub fn kill_group(child: &mut Child) {
-    let pg = Pid::from_raw(child.id() as i32);
-    if child.try_wait().ok().flatten().is_none() {
-        let _ = killpg(pg, Signal::SIGTERM);
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(3) {
-            if child.try_wait().ok().flatten().is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+/// A child process started as the leader of its own process group, which it owns: dropping
+/// the guard SIGKILLs the whole group (vng, QEMU, virtiofsd … whatever vng started) and reaps
+/// the leader.  Every vng/QEMU process of the runner lives in one, so no early return (`?`),
+/// panic or interrupt can leave a VM behind.
+///
+/// The leader is observed with `waitid(WNOWAIT)` and reaped only after the group is killed:
+/// while it is an unreaped zombie its pid (= the group id) cannot be reused, so the kill can
+/// never hit an unrelated process group.
+pub struct GroupGuard {
+    child: Child,
+    pgid: Pid,
+    /// The group has been killed (once: afterwards the group id is not ours to signal).
+    killed: bool,
+    /// The leader's status, once reaped.
+    status: Option<ExitStatus>,
+}
+
+/// How the leader of a [`GroupGuard`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaderEnd {
+    Exited(i32),
+    Signaled,
+}
+
+impl GroupGuard {
+    /// Spawns `cmd` in a new process group (`setpgid(0, 0)`) led by the child.
+    pub fn spawn(cmd: &mut Command) -> std::io::Result<Self> {
+        let child = cmd.process_group(0).spawn()?;
+        let pgid = Pid::from_raw(child.id() as i32);
+        Ok(GroupGuard {
+            child,
+            pgid,
+            killed: false,
+            status: None,
+        })
+    }
+
+    /// The process group id (= the leader's pid).
+    pub fn pgid(&self) -> Pid {
+        self.pgid
+    }
+
+    /// Has the leader ended?  Does not reap it (the group id stays reserved).
+    pub fn exited(&mut self) -> Result<Option<LeaderEnd>> {
+        if self.killed {
+            return Ok(Some(match self.status.and_then(|st| st.code()) {
+                Some(c) => LeaderEnd::Exited(c),
+                None => LeaderEnd::Signaled,
+            }));
+        }
+        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+        match waitid(Id::Pid(self.pgid), flags)
+            .with_context(|| format!("cannot wait for process {}", self.pgid))?
+        {
+            WaitStatus::Exited(_, c) => Ok(Some(LeaderEnd::Exited(c))),
+            WaitStatus::Signaled(..) => Ok(Some(LeaderEnd::Signaled)),
+            _ => Ok(None),
         }
     }
-    // QEMU or virtiofsd may still linger in the group even after vng exited.
-    let _ = killpg(pg, Signal::SIGKILL);
-    let _ = child.wait();
+
+    /// SIGTERM to the group, up to `grace` for the leader to end, then [`GroupGuard::kill`].
+    pub fn stop(&mut self, grace: Duration) {
+        if !self.killed && !matches!(self.exited(), Ok(Some(_))) {
+            let _ = killpg(self.pgid, Signal::SIGTERM);
+            let t = Instant::now();
+            while t.elapsed() < grace && matches!(self.exited(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        self.kill();
+    }
+
+    /// SIGKILL to the whole group (QEMU may outlive vng), then reap the leader.  Idempotent.
+    pub fn kill(&mut self) {
+        if !self.killed {
+            self.killed = true;
+            let _ = killpg(self.pgid, Signal::SIGKILL);
+            self.status = self.child.wait().ok();
+        }
+    }
 }
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// How long vng gets to shut QEMU down after SIGTERM before the group is SIGKILLed.
+const STOP_GRACE: Duration = Duration::from_secs(3);
 
 /// How a vng process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -269,42 +348,52 @@ pub fn launch(
     let stdout_log = log_dir.join(format!("{tag}.stdout.log"));
     let console = std::fs::File::create(&console_log)
         .with_context(|| format!("cannot create {}", console_log.display()))?;
-    let stdout = std::fs::File::create(&stdout_log)?;
+    let stdout = std::fs::File::create(&stdout_log)
+        .with_context(|| format!("cannot create {}", stdout_log.display()))?;
     let start = Instant::now();
-    let mut child = Command::new(vng_binary())
-        .args(vng_args(cfg))
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(console)
-        .process_group(0)
-        .spawn()
-        .with_context(|| {
-            format!(
-                "cannot run `{}`: install virtme-ng (pip install virtme-ng) or set DMCACHE_VMTEST_VNG",
-                vng_binary()
-            )
-        })?;
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        return Ok(Launched {
+            end: ProcessEnd::Interrupted,
+            seconds: 0.0,
+            console_log,
+            stdout_log,
+        });
+    }
+    // Owned from here on: every return below, `?` included, kills the whole group.
+    let mut vm = GroupGuard::spawn(
+        Command::new(vng_binary())
+            .args(vng_args(cfg))
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(console),
+    )
+    .with_context(|| {
+        format!(
+            "cannot run `{}`: install virtme-ng (pip install virtme-ng==1.42) or set DMCACHE_VMTEST_VNG",
+            vng_binary()
+        )
+    })?;
     let end = loop {
-        if let Some(st) = child.try_wait()? {
-            break match st.code() {
-                Some(c) => ProcessEnd::Exited(c),
-                None => ProcessEnd::Signaled,
+        if let Some(st) = vm.exited()? {
+            break match st {
+                LeaderEnd::Exited(c) => ProcessEnd::Exited(c),
+                LeaderEnd::Signaled => ProcessEnd::Signaled,
             };
         }
         if INTERRUPTED.load(Ordering::SeqCst) {
-            kill_group(&mut child);
+            vm.stop(STOP_GRACE);
             break ProcessEnd::Interrupted;
         }
         if start.elapsed() > timeout {
-            kill_group(&mut child);
+            vm.stop(STOP_GRACE);
             break ProcessEnd::Timeout;
         }
         tick();
         std::thread::sleep(Duration::from_millis(200));
     };
     // vng may leave QEMU children behind in the group; never leave a stray VM.
-    let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+    vm.kill();
     Ok(Launched {
         end,
         seconds: start.elapsed().as_secs_f64(),
@@ -389,5 +478,116 @@ mod tests {
         assert_eq!(kvm_probe_verdict("SeaBIOS"), None);
         let a = kvm_probe_args(Path::new("/k"));
         assert!(a.windows(2).any(|w| w == ["-accel", "kvm"]));
+    }
+
+    /// Whether a process is gone (or a zombie nobody reaped yet: it runs nothing).
+    fn gone(pid: i32) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(s) => s
+                .rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with(['Z', 'X'])),
+        }
+    }
+
+    fn wait_gone(pid: i32) -> bool {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(5) {
+            if gone(pid) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// A shell leading its group that starts a grandchild (a stand-in for vng's QEMU) and
+    /// writes its pid; `then` is what the shell does afterwards.
+    fn group_with_grandchild(dir: &Path, then: &str) -> (GroupGuard, i32) {
+        let pidfile = dir.join("grandchild");
+        let g = GroupGuard::spawn(
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "sleep 300 & echo $! > {}.tmp && mv {0}.tmp {0}; {then}",
+                    pidfile.display()
+                ))
+                .stderr(Stdio::null()),
+        )
+        .unwrap();
+        let t = Instant::now();
+        let pid = loop {
+            if let Ok(s) = std::fs::read_to_string(&pidfile) {
+                break s.trim().parse::<i32>().unwrap();
+            }
+            assert!(t.elapsed() < Duration::from_secs(5), "no grandchild pid");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        (g, pid)
+    }
+
+    #[test]
+    fn dropping_the_guard_kills_the_whole_group() {
+        let d = tempfile::tempdir().unwrap();
+        let (g, grandchild) = group_with_grandchild(d.path(), "wait");
+        let leader = g.pgid().as_raw();
+        assert!(!gone(grandchild));
+        drop(g);
+        assert!(gone(leader), "leader {leader} still running");
+        assert!(wait_gone(grandchild), "grandchild {grandchild} survived");
+    }
+
+    #[test]
+    fn an_early_return_cannot_leave_the_group_alive() {
+        fn starts_then_fails(dir: &Path, grandchild: &mut i32) -> Result<()> {
+            let (mut g, pid) = group_with_grandchild(dir, "wait");
+            *grandchild = pid;
+            g.exited()?;
+            bail!("some later step failed")
+        }
+        let d = tempfile::tempdir().unwrap();
+        let mut grandchild = 0;
+        assert!(starts_then_fails(d.path(), &mut grandchild).is_err());
+        assert!(wait_gone(grandchild), "grandchild {grandchild} survived");
+    }
+
+    #[test]
+    fn a_straggler_outliving_its_leader_is_killed() {
+        let d = tempfile::tempdir().unwrap();
+        // The leader exits at once (vng gone) but leaves the grandchild (QEMU) in the group.
+        let (mut g, grandchild) = group_with_grandchild(d.path(), "exit 3");
+        let t = Instant::now();
+        let end = loop {
+            if let Some(e) = g.exited().unwrap() {
+                break e;
+            }
+            assert!(t.elapsed() < Duration::from_secs(5));
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(end, LeaderEnd::Exited(3));
+        // Observed, not reaped: the group id stays reserved until the group is killed.
+        assert!(std::path::Path::new(&format!("/proc/{}", g.pgid())).exists());
+        assert!(!gone(grandchild));
+        g.kill();
+        assert!(wait_gone(grandchild), "straggler {grandchild} survived");
+        assert_eq!(g.exited().unwrap(), Some(LeaderEnd::Exited(3)));
+    }
+
+    #[test]
+    fn stop_sends_sigterm_first() {
+        let d = tempfile::tempdir().unwrap();
+        let mark = d.path().join("termed");
+        let (mut g, grandchild) = group_with_grandchild(
+            d.path(),
+            &format!(
+                "trap 'touch {}; exit 0' TERM; while :; do sleep 0.05; done",
+                mark.display()
+            ),
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        g.stop(Duration::from_secs(3));
+        assert!(mark.exists(), "the leader never saw SIGTERM");
+        assert!(wait_gone(grandchild));
     }
 }

