@@ -120,6 +120,38 @@ fn run_pair(pair: &Pair, spec: &str, kernels: &Kernels) -> Result<(), Failed> {
     Ok(())
 }
 
+/// The guest protocol in a real VM (`tests/fixtures/guest_protocol.yaml`, on the matrix's first
+/// Debian kernel): step 1 passes (`expect_match` on trimmed stdout), step 2 fails by pipefail
+/// (a failing `dd` inside a pipe) and stops the boot, step 3 is never reached — and nothing
+/// else fails.
+fn guest_protocol(spec: &str, kernels: &Kernels) -> Result<(), Failed> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/guest_protocol.yaml");
+    let case = case::load(&path).map_err(|e| format!("{e:#}"))?;
+    let (k, accel) = get_kernel(kernels, spec)?;
+    let opts = run::RunOptions::new(accel);
+    let outcome = run::run_case(&case, &k, &opts, &mut |_| {}).map_err(|e| format!("{e:#}"))?;
+    let v = check::evaluate(&case, &outcome);
+    let text = report::render(&v, true);
+    eprintln!("[guest_protocol on {spec}]\n{text}");
+    let steps = &v.boots.first().ok_or("no boot ran")?.steps;
+    let what: Vec<&str> = v.failures.iter().map(|f| f.what.as_str()).collect();
+    let ok = v.status == Status::Fail
+        && steps.len() == 3
+        && steps[0].ok
+        && steps[0].status == Some(0)
+        && !steps[1].ok
+        && steps[1].status.is_some_and(|s| s != 0)
+        && steps[2].status.is_none()
+        && what.len() == 1
+        && what[0].contains("step 2")
+        && what[0].contains("exit status");
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("expected FAIL at step 2 only (pipefail), step 1 ok, step 3 not reached; got {:?}: {what:?}\n{text}", v.status).into())
+    }
+}
+
 fn coverage(m: &Matrix) -> Result<(), Failed> {
     let cases = case::list().map_err(|e| format!("{e:#}"))?;
     let missing: Vec<String> = cases
@@ -474,6 +506,16 @@ fn main() {
     }));
     trials.push(Trial::test("matrix_covers_every_case", move || {
         coverage(&mc)
+    }));
+    let protocol_kernel = m
+        .kernels
+        .values()
+        .map(|k| k.spec.clone())
+        .find(|s| s.starts_with("debian:"))
+        .unwrap_or_else(|| kernel::DEFAULT_SPEC.to_string());
+    let ks = kernels.clone();
+    trials.push(Trial::test("vm::guest_protocol", move || {
+        guest_protocol(&protocol_kernel, &ks)
     }));
     // Pairs on kernels built from source first: their (cold) build then has the cores to
     // itself instead of competing with TCG VMs; the other thread waits for the build lock.
