@@ -185,6 +185,75 @@ pub fn choose_accel(kernel: &Path) -> Result<(Accel, Option<String>)> {
             ),
         ));
     }
+    // The probe's answer depends on the kernel image, this host's kernel and CPU, and QEMU:
+    // cached under that key, so it is paid once per kernel and machine, not once per run.
+    let key = probe_key(
+        &std::fs::read(kernel).with_context(|| format!("cannot read {}", kernel.display()))?,
+        &host_identity(),
+    );
+    let cached = crate::cache::dir("accel").join(&key);
+    if let Ok(a) = std::fs::read_to_string(&cached) {
+        match a.trim() {
+            "kvm" => return Ok((Accel::Kvm, None)),
+            "tcg" => {
+                return Ok((
+                    Accel::Tcg,
+                    Some(format!(
+                        "{TCG_FALLBACK} (cached probe result: {})",
+                        cached.display()
+                    )),
+                ))
+            }
+            _ => {}
+        }
+    }
+    let (accel, notice) = probe_kvm(kernel)?;
+    // A cache that cannot be written costs a probe next time, nothing else.
+    let _ = std::fs::create_dir_all(cached.parent().unwrap_or(Path::new(".")))
+        .and_then(|_| std::fs::write(&cached, if accel == Accel::Kvm { "kvm" } else { "tcg" }));
+    Ok((accel, notice))
+}
+
+const TCG_FALLBACK: &str = "KVM is present but cannot run this kernel (e.g. `KVM internal error` on a paravirtual KVM): using TCG software emulation (slow)";
+
+/// What the KVM probe's answer depends on besides the kernel: this host's kernel and CPU
+/// (a paravirtual KVM fails where a real one works) and the QEMU binary.
+fn host_identity() -> String {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .unwrap_or("")
+        .to_string();
+    let qemu = which(&qemu_binary())
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map(|m| format!("{:?}{}", m.modified().ok(), m.len()))
+        .unwrap_or_default();
+    format!("{}|{cpu}|{qemu}", release.trim())
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    if program.contains('/') {
+        return Some(PathBuf::from(program));
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+/// The cache key of a KVM probe: sha256 of the kernel image and the host identity.
+pub fn probe_key(kernel_image: &[u8], host: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(kernel_image);
+    h.update(b"\0");
+    h.update(host.as_bytes());
+    format!("{:x}", h.finalize())[..24].to_string()
+}
+
+/// Boots `kernel` briefly under KVM: does it get past decompression?
+fn probe_kvm(kernel: &Path) -> Result<(Accel, Option<String>)> {
     let out = tempfile::NamedTempFile::new().context("cannot create the KVM probe's log")?;
     // Owned from here on: any early return below kills the probe's QEMU.
     let mut probe = GroupGuard::spawn(
@@ -214,10 +283,7 @@ pub fn choose_accel(kernel: &Path) -> Result<(Accel, Option<String>)> {
     if verdict {
         Ok((Accel::Kvm, None))
     } else {
-        Ok((
-            Accel::Tcg,
-            Some("KVM is present but cannot run this kernel (e.g. `KVM internal error` on a paravirtual KVM): using TCG software emulation (slow)".into()),
-        ))
+        Ok((Accel::Tcg, Some(TCG_FALLBACK.into())))
     }
 }
 
@@ -409,6 +475,15 @@ pub fn vng_binary() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probe_key_depends_on_kernel_and_host() {
+        let k = probe_key(b"kernel-a", "6.1|cpu|qemu");
+        assert_eq!(k, probe_key(b"kernel-a", "6.1|cpu|qemu"));
+        assert_ne!(k, probe_key(b"kernel-b", "6.1|cpu|qemu"));
+        assert_ne!(k, probe_key(b"kernel-a", "6.2|cpu|qemu"));
+        assert_eq!(k.len(), 24);
+    }
 
     fn cfg() -> VmConfig {
         VmConfig {
