@@ -544,6 +544,7 @@ mod tests {
                 end,
                 process,
                 seconds: 30.0,
+                first_output: Some(5.0),
                 attempts: 1,
                 console_log: format!("boot-{b}.console.log").into(),
                 console,

@@ -65,12 +65,15 @@ enum Cmd {
     Bench {
         #[arg(default_value = "unclean_passthrough")]
         name: String,
-        /// Number of bare boots to time.
+        /// Bare boots and case runs to time (min/median/max over them).
         #[arg(long, default_value_t = 3)]
-        bare: usize,
+        runs: usize,
         /// Also time bare boots of this kernel (e.g. the Debian kernel vs a minimal build).
         #[arg(long)]
         compare: Option<String>,
+        /// Write the phases of every boot as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
         #[command(flatten)]
         args: RunArgs,
     },
@@ -219,37 +222,43 @@ fn dispatch(cli: Cli) -> Result<i32> {
         }
         Cmd::Bench {
             name,
-            bare,
+            runs,
             compare,
+            json,
             args,
         } => {
             let case = case::load(&case::find(&name)?)?;
             let k = resolve_kernel(&args.kernel)?;
             let opts = run_options(&k, &args)?;
             let p = report::Progress::new("bench");
-            p.message(&format!("{bare} bare boots, then {}", case.name));
-            let r = dmcache_vmtest::bench::bench(&case, &k, &opts, bare);
+            p.message(&format!(
+                "{runs} bare boots, then {} {runs} times",
+                case.name
+            ));
+            let r = dmcache_vmtest::bench::bench(&case, &k, &opts, runs);
             p.finish();
             let r = r?;
-            print!("{}", dmcache_vmtest::bench::render(&r, opts.accel));
+            print!("{}", dmcache_vmtest::bench::render(&r));
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&r)?)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
             if let Some(other) = compare {
                 let k2 = resolve_kernel(&other)?;
                 let mut o2 = run_options(&k2, &args)?;
                 o2.root = opts.root.clone();
-                let b2 = dmcache_vmtest::bench::bare_boots(&case, &k2, &o2, bare)?;
-                println!("bare boot, median of {bare}:");
+                let b2 = dmcache_vmtest::bench::bare_boots(&case, &k2, &o2, runs)?;
+                let med = |v: &[dmcache_vmtest::bench::Phases]| {
+                    dmcache_vmtest::bench::median_of(&v.iter().map(|p| p.total).collect::<Vec<_>>())
+                };
+                println!("bare boot, median of {runs}:");
                 println!(
                     "  {:<40} {:6.1} s  ({:?})",
                     k.spec,
-                    dmcache_vmtest::bench::median_of(&r.bare),
+                    med(&r.bare),
                     opts.accel
                 );
-                println!(
-                    "  {:<40} {:6.1} s  ({:?})",
-                    k2.spec,
-                    dmcache_vmtest::bench::median_of(&b2),
-                    o2.accel
-                );
+                println!("  {:<40} {:6.1} s  ({:?})", k2.spec, med(&b2), o2.accel);
             }
             Ok(0)
         }

@@ -120,6 +120,8 @@ pub struct BootOutcome {
     pub end: BootEnd,
     pub process: ProcessEnd,
     pub seconds: f64,
+    /// Seconds until the console's first byte (the host side of the boot).
+    pub first_output: Option<f64>,
     pub attempts: u32,
     pub console_log: PathBuf,
     /// The console text (for dmesg assertions and evidence).
@@ -422,6 +424,7 @@ fn run_boot(
             end,
             process: launched.end,
             seconds: launched.seconds,
+            first_output: launched.first_output,
             attempts: attempt,
             console_log: launched.console_log,
             console,

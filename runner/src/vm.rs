@@ -397,6 +397,9 @@ pub enum ProcessEnd {
 pub struct Launched {
     pub end: ProcessEnd,
     pub seconds: f64,
+    /// Seconds from the start until the console log got its first byte (the host side of a
+    /// boot: vng, initramfs, QEMU, firmware), when it got one.
+    pub first_output: Option<f64>,
     pub console_log: PathBuf,
     pub stdout_log: PathBuf,
 }
@@ -421,6 +424,7 @@ pub fn launch(
         return Ok(Launched {
             end: ProcessEnd::Interrupted,
             seconds: 0.0,
+            first_output: None,
             console_log,
             stdout_log,
         });
@@ -440,7 +444,11 @@ pub fn launch(
             vng_binary()
         )
     })?;
+    let mut first_output = None;
     let end = loop {
+        if first_output.is_none() && std::fs::metadata(&console_log).is_ok_and(|m| m.len() > 0) {
+            first_output = Some(start.elapsed().as_secs_f64());
+        }
         if let Some(st) = vm.exited()? {
             break match st {
                 LeaderEnd::Exited(c) => ProcessEnd::Exited(c),
@@ -456,13 +464,18 @@ pub fn launch(
             break ProcessEnd::Timeout;
         }
         tick();
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(if first_output.is_none() {
+            20
+        } else {
+            200
+        }));
     };
     // vng may leave QEMU children behind in the group; never leave a stray VM.
     vm.kill();
     Ok(Launched {
         end,
         seconds: start.elapsed().as_secs_f64(),
+        first_output,
         console_log,
         stdout_log,
     })
