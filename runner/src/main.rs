@@ -524,8 +524,20 @@ fn cmd_bisect(
             let got = archive.index(debian::Refresh::IfStale, &mut |m| p.message(m));
             p.finish();
             let range = got?.0.range(a, b)?;
-            if !range.left_out.is_empty() {
-                eprintln!("left out (cannot be had): {}", range.left_out.join(", "));
+            let left_out = if range.left_out.is_empty() {
+                String::new()
+            } else {
+                format!("; left out, cannot be had: {}", range.left_out.join(", "))
+            };
+            if range.kernels.len() < 2 {
+                anyhow::bail!(
+                    "--kernels {kernels}: {} available kernel(s) in the range{}{left_out}: bisect needs two",
+                    range.kernels.len(),
+                    if range.kernels.is_empty() { String::new() } else { format!(" ({})", range.kernels.join(", ")) }
+                );
+            }
+            if !left_out.is_empty() {
+                eprintln!("{}", left_out.trim_start_matches("; "));
             }
             range.kernels
         }

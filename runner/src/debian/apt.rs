@@ -245,27 +245,39 @@ impl AptState {
     }
 }
 
-/// A list file as text: plain, or compressed (`FILE.lz4`, `.gz`, … when apt keeps indexes
-/// compressed); `None` if apt has no such list (a suite that failed to update).
+const COMPRESSED: &[&str] = &["lz4", "zst", "gz", "xz", "bz2", "lzma"];
+
+/// A list file as text: plain, or compressed (`….lz4`, `.gz`, … when apt keeps indexes
+/// compressed; `apt-get indextargets` names either form); `None` if apt has no such list
+/// (a suite that failed to update).
 fn read_list(file: &Path) -> Result<Option<String>> {
-    if file.is_file() {
-        return Ok(Some(
-            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?,
-        ));
-    }
-    for ext in ["lz4", "zst", "gz", "xz", "bz2", "lzma"] {
-        let c = PathBuf::from(format!("{}.{ext}", file.display()));
-        if c.is_file() {
-            let out = Command::new("/usr/lib/apt/apt-helper")
-                .arg("cat-file")
-                .arg(&c)
-                .output()
-                .context("cannot run /usr/lib/apt/apt-helper")?;
-            if !out.status.success() {
-                bail!("apt-helper cat-file {} failed", c.display());
-            }
-            return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
+    let compressed = |p: &Path| {
+        p.extension()
+            .is_some_and(|e| COMPRESSED.contains(&e.to_string_lossy().as_ref()))
+    };
+    let candidates = std::iter::once(file.to_path_buf()).chain(
+        COMPRESSED
+            .iter()
+            .map(|ext| PathBuf::from(format!("{}.{ext}", file.display()))),
+    );
+    for c in candidates {
+        if !c.is_file() {
+            continue;
         }
+        if !compressed(&c) {
+            return Ok(Some(
+                std::fs::read_to_string(&c).with_context(|| format!("reading {}", c.display()))?,
+            ));
+        }
+        let out = Command::new("/usr/lib/apt/apt-helper")
+            .arg("cat-file")
+            .arg(&c)
+            .output()
+            .context("cannot run /usr/lib/apt/apt-helper")?;
+        if !out.status.success() {
+            bail!("apt-helper cat-file {} failed", c.display());
+        }
+        return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
     }
     Ok(None)
 }
@@ -315,5 +327,16 @@ mod tests {
         assert!(read_list(&d.path().join("missing_Packages"))
             .unwrap()
             .is_none());
+        // A compressed list (as apt keeps it with Acquire::GzipIndexes), named either way.
+        let z = d.path().join("y_Packages");
+        std::fs::write(&z, "Package: linux-source-7.3\nVersion: 2\n").unwrap();
+        let st = Command::new("gzip").arg(&z).status().unwrap();
+        assert!(st.success());
+        assert!(read_list(&z).unwrap().unwrap().contains("linux-source-7.3"));
+        let gz = d.path().join("y_Packages.gz");
+        assert!(read_list(&gz)
+            .unwrap()
+            .unwrap()
+            .contains("linux-source-7.3"));
     }
 }

@@ -283,7 +283,7 @@ impl Index {
             } else {
                 "its packages are gone from the archive"
             };
-            format!("{what} (no {} {version})", missing.join(", "))
+            format!("{what} ({} not in any suite)", missing.join(" and "))
         });
         let packages = binary
             .into_iter()
@@ -317,24 +317,7 @@ impl Index {
     /// that cannot be had says why.
     pub fn resolve(&self, spec: &str) -> Result<KernelEntry> {
         let all = self.kernels();
-        let matches: Vec<&KernelEntry> = if version::is_series(spec) {
-            all.iter()
-                .filter(|e| version::series(&e.upstream).as_deref() == Some(spec))
-                .collect()
-        } else {
-            let by_abi: Vec<&KernelEntry> = all.iter().filter(|e| e.abi == spec).collect();
-            if !by_abi.is_empty() {
-                by_abi
-            } else {
-                let by_version: Vec<&KernelEntry> =
-                    all.iter().filter(|e| e.version == spec).collect();
-                if !by_version.is_empty() {
-                    by_version
-                } else {
-                    all.iter().filter(|e| e.upstream == spec).collect()
-                }
-            }
-        };
+        let matches = matching(&all, spec);
         if let Some(e) = matches.iter().find(|e| e.usable()) {
             return Ok((*e).clone());
         }
@@ -363,22 +346,23 @@ impl Index {
     /// in the range that cannot be had.
     pub fn range(&self, lo: &str, hi: &str) -> Result<Range> {
         let all = self.kernels();
+        // An end may be a kernel that cannot be had: it still bounds the range.
         let end = |spec: &str, low: bool| -> Result<String> {
-            if version::is_series(spec) {
-                let in_series = all.iter().filter(|e| {
-                    e.usable() && version::series(&e.upstream).as_deref() == Some(spec)
-                });
-                let pick = if low {
-                    in_series.min_by(|a, b| version::cmp(&a.version, &b.version))
-                } else {
-                    in_series.max_by(|a, b| version::cmp(&a.version, &b.version))
-                };
-                match pick {
-                    Some(e) => Ok(e.version.clone()),
-                    None => self.resolve(spec).map(|e| e.version),
-                }
+            let m = matching(&all, spec);
+            let pick = if !version::is_series(spec) {
+                m.first().copied()
+            } else if low {
+                m.iter()
+                    .copied()
+                    .min_by(|a, b| version::cmp(&a.version, &b.version))
             } else {
-                self.resolve(spec).map(|e| e.version)
+                m.iter()
+                    .copied()
+                    .max_by(|a, b| version::cmp(&a.version, &b.version))
+            };
+            match pick {
+                Some(e) => Ok(e.version.clone()),
+                None => self.resolve(spec).map(|e| e.version),
             }
         };
         let (mut a, mut b) = (end(lo, true)?, end(hi, false)?);
@@ -460,6 +444,28 @@ pub fn render_list(entries: &[KernelEntry], cached: &dyn Fn(&str) -> bool) -> St
         );
     }
     s
+}
+
+/// The kernels a spec names, best first (see [`Index::resolve`]); usable or not.
+fn matching<'a>(all: &'a [KernelEntry], spec: &str) -> Vec<&'a KernelEntry> {
+    if version::is_series(spec) {
+        return all
+            .iter()
+            .filter(|e| version::series(&e.upstream).as_deref() == Some(spec))
+            .collect();
+    }
+    let by = |f: &dyn Fn(&KernelEntry) -> bool| -> Vec<&'a KernelEntry> {
+        all.iter().filter(|e| f(e)).collect()
+    };
+    let by_abi = by(&|e| e.abi == spec);
+    if !by_abi.is_empty() {
+        return by_abi;
+    }
+    let by_version = by(&|e| e.version == spec);
+    if !by_version.is_empty() {
+        return by_version;
+    }
+    by(&|e| e.upstream == spec)
 }
 
 /// Up to `n` usable ABI names nearest to `spec` in version order (half below, half above).
@@ -737,7 +743,7 @@ pub(crate) mod tests {
         assert_eq!(gone.form, Form::Split);
         assert!(
             gone.unusable.as_deref().unwrap().starts_with(
-                "its modules are gone from the archive (no linux-modules-7.0.13+deb13-amd64"
+                "its modules are gone from the archive (linux-modules-7.0.13+deb13-amd64 and linux-base-7.0.13+deb13-amd64 not in any suite)"
             ),
             "{:?}",
             gone.unusable
@@ -822,6 +828,14 @@ pub(crate) mod tests {
             vec!["debian:6.12.117+deb13", "debian:6.16.12+deb13"]
         );
         assert!(i.range("6.18.99", "7.3").is_err());
+        // Ends that cannot be had still bound the range.
+        let r = i.range("6.19", "7.0.13").unwrap();
+        assert!(r.kernels.is_empty());
+        assert_eq!(r.left_out, vec!["6.19.14+deb13", "7.0.13+deb13"]);
+        assert_eq!(
+            i.range("6.18.15", "7.0").unwrap().kernels,
+            vec!["debian:6.18.15+deb13"]
+        );
     }
 
     #[test]
