@@ -123,8 +123,12 @@ impl AptState {
     /// all is an error.
     pub fn update(&self) -> Result<Vec<String>> {
         self.prepare()?;
+        let seen = self.updated_at();
         let lock = std::fs::File::create(self.root.join("lock"))?;
         lock.lock().context("locking the runner's apt state")?;
+        if self.updated_at() != seen && !self.stale() {
+            return Ok(vec![]); // another run refreshed it while this one waited
+        }
         let out = self
             .command("apt-get")
             .args(["update", "-q"])

@@ -260,8 +260,12 @@ pub fn source_version(
 ) -> Result<Option<(String, String)>> {
     let (series, pin) = parse_source_spec(spec)?;
     let pkg = format!("linux-source-{series}");
-    let index = match Archive::open().and_then(|a| a.index(Refresh::IfStale, progress)) {
-        Ok((i, _)) => i,
+    let got = Archive::open().and_then(|a| {
+        let (i, _) = a.index(Refresh::IfStale, progress)?;
+        Ok((a, i))
+    });
+    let (archive, index) = match got {
+        Ok(x) => x,
         Err(e) => {
             progress(&format!("no Debian index: {e:#}"));
             return Ok(None);
@@ -277,9 +281,7 @@ pub fn source_version(
         Some(v) => Ok(Some((pkg, v.clone()))),
         None if versions.is_empty() => bail!(
             "no Debian package {pkg} in the runner's suites ({})",
-            Archive::open()
-                .map(|a| a.suites.join(", "))
-                .unwrap_or_default()
+            archive.suites.join(", ")
         ),
         None => bail!(
             "debian:{spec}: no such {pkg}; available: {}",
