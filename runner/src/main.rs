@@ -516,32 +516,29 @@ fn cmd_bisect(
     let specs = match bisect::parse_kernels(kernels)? {
         bisect::KernelsArg::List(l) => l,
         bisect::KernelsArg::Range(a, b) => {
-            let (Some(a), Some(b)) = (a.strip_prefix("debian:"), b.strip_prefix("debian:")) else {
-                anyhow::bail!("--kernels {kernels}: a range needs debian: ends (e.g. debian:6.16..debian:7.3); name other kernels as a comma list");
-            };
-            let archive = debian::Archive::open()?;
             let p = report::Progress::new("debian");
-            let got = archive.index(debian::Refresh::IfStale, &mut |m| p.message(m));
+            let range = debian::kernel_range(&a, &b, &mut |m| p.message(m));
             p.finish();
-            let range = got?.0.range(a, b)?;
-            let left_out = if range.left_out.is_empty() {
-                String::new()
-            } else {
-                format!("; left out, cannot be had: {}", range.left_out.join(", "))
-            };
+            let range = range?;
+            let left_out = (!range.left_out.is_empty())
+                .then(|| format!("left out, cannot be had: {}", range.left_out.join(", ")));
             if range.kernels.len() < 2 {
                 anyhow::bail!(
-                    "--kernels {kernels}: {} available kernel(s) in the range{}{left_out}: bisect needs two",
+                    "--kernels {kernels}: {} available kernel(s) in the range [{}]{}: bisect needs two",
                     range.kernels.len(),
-                    if range.kernels.is_empty() { String::new() } else { format!(" ({})", range.kernels.join(", ")) }
+                    range.kernels.join(", "),
+                    left_out.map(|l| format!("; {l}")).unwrap_or_default()
                 );
             }
-            if !left_out.is_empty() {
-                eprintln!("{}", left_out.trim_start_matches("; "));
+            if let Some(l) = left_out {
+                eprintln!("{l}");
             }
             range.kernels
         }
     };
+    for s in &specs {
+        kernel::KernelSpec::parse(s)?; // a typo fails now, not after the first boots
+    }
     eprintln!("{} kernels: {}", specs.len(), specs.join(" "));
     let mut runner = |spec: &str| -> Result<bisect::Outcome> {
         let a = RunArgs {

@@ -111,6 +111,20 @@ impl Archive {
     }
 }
 
+/// The available kernels from `debian:A` to `debian:B` ([`Index::range`]), with the index
+/// refreshed when due.
+pub fn kernel_range(a: &str, b: &str, progress: &mut dyn FnMut(&str)) -> Result<index::Range> {
+    let (Some(lo), Some(hi)) = (a.strip_prefix("debian:"), b.strip_prefix("debian:")) else {
+        bail!("{a}..{b}: a range needs debian: ends (e.g. debian:6.16..debian:7.3); name other kernels as a comma list");
+    };
+    let archive = Archive::open()?;
+    let (index, info) = archive.index(Refresh::IfStale, progress)?;
+    for w in &info.warnings {
+        progress(&format!("warning: {w}"));
+    }
+    index.range(lo, hi)
+}
+
 /// The directory a `debian:` kernel is unpacked into (`<cache>/kernels/debian-ABI`).
 pub fn kernel_dir(abi: &str) -> PathBuf {
     crate::cache::dir("kernels").join(format!("debian-{abi}"))
