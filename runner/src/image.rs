@@ -1,10 +1,10 @@
 //! Pinned guest userspace images (`images/NAME.yaml` recipes): a Debian root built with
 //! `debootstrap` into the cache on demand, used as the guest root (`vng --root`) so results do
 //! not depend on the host's distribution.  The host root (read-only) stays the default.
-//! On a host whose apt is not Debian's (an Ubuntu CI runner), a built image also provides
-//! Debian's apt for `debian:` kernels and `linux-source` (see [`apt_command`]).
+//! On a host whose apt is not Debian's (an Ubuntu CI runner), a built image's
+//! `sources.list` names the Debian mirror for [`crate::debian`] ([`built_images`]).
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader};
@@ -19,8 +19,8 @@ pub struct Recipe {
     #[serde(default = "minbase")]
     pub variant: String,
     pub packages: Vec<String>,
-    /// Extra apt suites for the image's apt (`updates`, `security`): Debian's current kernels
-    /// are published in `<suite>-security`.
+    /// Extra apt suites for the image's apt (`updates`, `security`); on a non-Debian host the
+    /// runner also takes the security mirror for `debian:` kernels from them.
     #[serde(default)]
     pub apt_suites: Vec<String>,
 }
@@ -151,99 +151,20 @@ pub fn build(name: &str, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn host_is_debian() -> bool {
-    std::fs::read_to_string("/etc/os-release")
-        .map(|t| t.lines().any(|l| l == "ID=debian"))
-        .unwrap_or(false)
-}
-
-/// Any built image (newest first) to borrow Debian's apt from.
-fn any_image() -> Option<PathBuf> {
+/// The built images, newest first.
+pub fn built_images() -> Vec<PathBuf> {
     let mut v: Vec<(std::time::SystemTime, PathBuf)> =
         std::fs::read_dir(crate::cache::dir("images"))
-            .ok()?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.join(DONE).exists())
-            .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
-            .collect();
-    v.sort();
-    v.pop().map(|(_, p)| p)
-}
-
-/// `apt-get`/`apt-cache` run in `dir`: the host's on Debian (or with `DMCACHE_VMTEST_HOST_APT`);
-/// elsewhere (or with `DMCACHE_VMTEST_IMAGE_APT`) inside a built image
-/// (Debian's apt), with `dir` bind-visible as the image's `/tmp/dmt-apt`.  Returns the command
-/// and the directory where its downloads land on the host.
-pub fn apt_command(program: &str, dir: &Path) -> Result<(Command, PathBuf)> {
-    let force_image = std::env::var_os("DMCACHE_VMTEST_IMAGE_APT").is_some();
-    if !force_image && (host_is_debian() || std::env::var_os("DMCACHE_VMTEST_HOST_APT").is_some()) {
-        let mut c = Command::new(program);
-        c.current_dir(dir);
-        return Ok((c, dir.to_path_buf()));
-    }
-    let Some(img) = any_image() else {
-        bail!("this host's apt is not Debian's: build the pinned image first (`sudo dmcache-vmtest image build bookworm`), whose apt fetches Debian kernels");
-    };
-    let inside = img.join("tmp/dmt-apt");
-    std::fs::create_dir_all(&inside)?;
-    let stamp = img.join("var/lib/apt/lists/.dmt-updated");
-    let mut c = Command::new("chroot");
-    let update = if stamp.exists() {
-        ""
-    } else {
-        "apt-get update -qq && touch /var/lib/apt/lists/.dmt-updated && "
-    };
-    c.arg(&img).args([
-        "sh",
-        "-c",
-        &format!("{update}cd /tmp/dmt-apt && exec {program} \"$@\""),
-        "sh",
-    ]);
-    Ok((c, inside))
-}
-
-/// `apt-get download PKG[=VERSION]` with [`apt_command`]'s apt, into `dir`; the `.deb`'s path.
-pub fn apt_download(spec: &str, dir: &Path) -> Result<PathBuf> {
-    let pkg = spec.split('=').next().unwrap_or(spec);
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let (mut apt, landed) = apt_command("apt-get", dir)?;
-    let out = apt
-        .args(["download", "-q", spec])
-        .stdin(Stdio::null())
-        .output()
-        .context("cannot run apt-get")?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let why = err
-            .lines()
-            .find(|l| l.starts_with("E:"))
-            .or_else(|| err.lines().last())
-            .unwrap_or("")
-            .trim();
-        bail!("apt-get download {spec} failed: {why} (does it exist? `apt-cache policy {pkg}`; try `apt-get update`)");
-    }
-    let deb = std::fs::read_dir(&landed)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| {
-            p.file_name().is_some_and(|n| {
-                let n = n.to_string_lossy();
-                n.starts_with(&format!("{pkg}_")) && n.ends_with(".deb")
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.join(DONE).exists())
+                    .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
+                    .collect()
             })
-        })
-        .ok_or_else(|| {
-            anyhow!(
-                "apt-get download {spec} left no .deb in {}",
-                landed.display()
-            )
-        })?;
-    if landed == dir {
-        return Ok(deb);
-    }
-    let to = dir.join(deb.file_name().unwrap_or_default());
-    std::fs::rename(&deb, &to)
-        .or_else(|_| std::fs::copy(&deb, &to).and_then(|_| std::fs::remove_file(&deb)))
-        .with_context(|| format!("moving {} to {}", deb.display(), dir.display()))?;
-    Ok(to)
+            .unwrap_or_default();
+    v.sort();
+    v.into_iter().rev().map(|(_, p)| p).collect()
 }
 
 #[cfg(test)]

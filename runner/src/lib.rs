@@ -5,10 +5,12 @@
 //! reading of the guest's records) → `check` (assertions, classification, verdict) → `report`.  `run` orchestrates one case.
 
 pub mod bench;
+pub mod bisect;
 pub mod cache;
 pub mod case;
 pub mod check;
 pub mod console;
+pub mod debian;
 pub mod doctor;
 pub mod guest;
 pub mod image;

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use dmcache_vmtest::{case, check, kernel, report, run, vm};
+use dmcache_vmtest::{bisect, case, check, debian, kernel, report, run, vm};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -22,8 +22,9 @@ struct Cli {
 
 #[derive(clap::Args, Clone)]
 struct RunArgs {
-    /// Kernel: a bzImage (`PATH[,modules=DIR]`), a dir with boot/vmlinuz-*, `debian:VERSION`
-    /// (e.g. debian:6.12.117+deb12, debian:6.1.0-56, debian:6.12 = newest), or `build:SRC[,PATCH…]`.
+    /// Kernel: a bzImage (`PATH[,modules=DIR]`), a dir with an unpacked kernel, `debian:VERSION`
+    /// (e.g. debian:6.12.117+deb12, debian:6.1.0-56, debian:6.18.15, debian:6.18 = newest), or
+    /// `build:SRC[,PATCH…]`.
     #[arg(long, env = "DMCACHE_VMTEST_KERNEL", default_value = kernel::DEFAULT_SPEC)]
     kernel: String,
     /// Keep disk images, results and console logs, and print where.
@@ -56,7 +57,7 @@ enum Cmd {
     },
     /// List the cases with their one-line summaries.
     List,
-    /// Kernels: fetch into the cache.
+    /// Kernels: what Debian offers, fetch into the cache, build from source.
     Kernel {
         #[command(subcommand)]
         cmd: KernelCmd,
@@ -112,6 +113,32 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ImageCmd,
     },
+    /// Find the first kernel whose outcome (verdict + classifications) differs from the
+    /// oldest one's: runs both ends, then halves the range.
+    Bisect {
+        /// The case (a name in cases/ or a path to a YAML file).
+        name: String,
+        /// `debian:A..debian:B` (every available Debian kernel between them; a series end
+        /// takes the whole series, e.g. debian:6.16..debian:7.3) or a comma list in order.
+        #[arg(long)]
+        kernels: String,
+        /// Write the report (every run, the answer) as JSON to FILE.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Per-boot timeout in seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        #[arg(long)]
+        memory: Option<String>,
+        #[arg(long)]
+        cpus: Option<u32>,
+        /// Guest userspace image (see `image build`).
+        #[arg(long)]
+        image: Option<String>,
+        /// Keep every run's work dir.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Check host tools, QEMU, KVM and vng; say how to fix each gap.
     Doctor {
         #[arg(long, env = "DMCACHE_VMTEST_KERNEL", default_value = kernel::DEFAULT_SPEC)]
@@ -129,6 +156,16 @@ enum ImageCmd {
 enum KernelCmd {
     /// Download (or build) a kernel into the cache and print its image path.
     Fetch { spec: String },
+    /// What Debian's archive offers (every suite of the runner's apt): version, suites,
+    /// packaging form, usable or why not; newest first.
+    List {
+        /// `debian` (all) or `debian:SERIES` (e.g. debian:6.18, debian:7).
+        #[arg(default_value = "debian")]
+        what: String,
+        /// Refresh the index now (otherwise it is refreshed when older than a day).
+        #[arg(long)]
+        refresh: bool,
+    },
     /// Build a small bzImage with dm-cache built in from a source tree plus patches
     /// (kconfigs/dm-cache.config + --kconfig fragments); print its path and timings.
     Build {
@@ -209,14 +246,44 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Kernel {
+            cmd: KernelCmd::List { what, refresh },
+        } => cmd_kernel_list(&what, refresh),
+        Cmd::Bisect {
+            name,
+            kernels,
+            json,
+            timeout,
+            memory,
+            cpus,
+            image,
+            keep,
+        } => {
+            let args = RunArgs {
+                kernel: String::new(),
+                keep,
+                timeout,
+                json: None,
+                memory,
+                cpus,
+                image,
+            };
+            cmd_bisect(&name, &kernels, json.as_deref(), &args)
+        }
+        Cmd::Kernel {
             cmd: KernelCmd::Fetch { spec },
         } => {
+            let t = std::time::Instant::now();
             let k = resolve_kernel(&spec)?;
             println!("{}", k.image.display());
             eprintln!(
-                "release {}  dm-cache {:?}",
+                "release {}  dm-cache {:?}  modules {}  ({:.1} s)",
                 k.release.as_deref().unwrap_or("?"),
-                k.dm_cache
+                k.dm_cache,
+                k.modules
+                    .as_deref()
+                    .map(|m| m.display().to_string())
+                    .unwrap_or_else(|| "none".into()),
+                t.elapsed().as_secs_f64()
             );
             Ok(0)
         }
@@ -379,4 +446,146 @@ fn cmd_case(name: &str, args: &RunArgs, verbose: bool) -> Result<i32> {
             .with_context(|| format!("cannot write {}", j.display()))?;
     }
     Ok(verdict.status.exit_code())
+}
+
+/// `kernel list [debian[:SERIES]]`.
+fn cmd_kernel_list(what: &str, refresh: bool) -> Result<i32> {
+    let filter = match what.strip_prefix("debian") {
+        Some("") => None,
+        Some(f) => match f.strip_prefix(':') {
+            Some(f) if !f.is_empty() => Some(f),
+            _ => anyhow::bail!("`{what}`: write debian or debian:SERIES (e.g. debian:6.18)"),
+        },
+        None => {
+            anyhow::bail!("`{what}`: only Debian's archive is listed (debian or debian:SERIES)")
+        }
+    };
+    let archive = debian::Archive::open()?;
+    let mode = if refresh {
+        debian::Refresh::Force
+    } else {
+        debian::Refresh::IfStale
+    };
+    let p = report::Progress::new("debian");
+    let got = archive.index(mode, &mut |m| p.message(m));
+    p.finish();
+    let (index, info) = got?;
+    for w in &info.warnings {
+        eprintln!("warning: {w}");
+    }
+    let age = info
+        .updated_at
+        .and_then(|t| t.elapsed().ok())
+        .map(|d| match d.as_secs() {
+            s if s < 120 => format!("{s} s ago"),
+            s if s < 7200 => format!("{} min ago", s / 60),
+            s => format!("{} h ago", s / 3600),
+        })
+        .unwrap_or_else(|| "never".into());
+    eprintln!(
+        "suites: {} (mirror from {}; index refreshed {age}{})",
+        archive
+            .suites
+            .iter()
+            .filter(|s| !archive.skipped.contains(s))
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" "),
+        archive.mirrors.from,
+        if archive.skipped.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; left out, no security mirror in the host's apt: {}",
+                archive.skipped.join(" ")
+            )
+        }
+    );
+    let entries: Vec<debian::KernelEntry> = index
+        .kernels()
+        .into_iter()
+        .filter(|e| filter.is_none_or(|f| debian::index::matches_filter(e, f)))
+        .collect();
+    if entries.is_empty() {
+        anyhow::bail!(
+            "no Debian kernel matches `{what}` in these suites (set DMCACHE_VMTEST_DEBIAN_SUITES for others)"
+        );
+    }
+    print!(
+        "{}",
+        debian::index::render_list(&entries, &|abi| debian::kernel_dir(abi)
+            .join(".complete")
+            .exists())
+    );
+    Ok(0)
+}
+
+/// `bisect`: the ordered kernels (a Debian range or a list), then [`bisect::bisect`] with a
+/// runner that fetches each kernel, runs the case and evaluates it.
+fn cmd_bisect(
+    name: &str,
+    kernels: &str,
+    json: Option<&std::path::Path>,
+    args: &RunArgs,
+) -> Result<i32> {
+    let case = case::load(&case::find(name)?)?;
+    let specs = match bisect::parse_kernels(kernels)? {
+        bisect::KernelsArg::List(l) => l,
+        bisect::KernelsArg::Range(a, b) => {
+            let p = report::Progress::new("debian");
+            let range = debian::kernel_range(&a, &b, &mut |m| p.message(m));
+            p.finish();
+            let range = range?;
+            let left_out = (!range.left_out.is_empty())
+                .then(|| format!("left out, cannot be had: {}", range.left_out.join(", ")));
+            if range.kernels.len() < 2 {
+                anyhow::bail!(
+                    "--kernels {kernels}: {} available kernel(s) in the range [{}]{}: bisect needs two",
+                    range.kernels.len(),
+                    range.kernels.join(", "),
+                    left_out.map(|l| format!("; {l}")).unwrap_or_default()
+                );
+            }
+            if let Some(l) = left_out {
+                eprintln!("{l}");
+            }
+            range.kernels
+        }
+    };
+    for s in &specs {
+        kernel::KernelSpec::parse(s)?; // a typo fails now, not after the first boots
+    }
+    eprintln!("{} kernels: {}", specs.len(), specs.join(" "));
+    let mut runner = |spec: &str| -> Result<bisect::Outcome> {
+        let a = RunArgs {
+            kernel: spec.to_string(),
+            ..args.clone()
+        };
+        let k = resolve_kernel(spec)?;
+        let opts = run_options(&k, &a)?;
+        let mut progress = report::Progress::new(&format!("{} on {spec}", case.name));
+        let outcome = run::run_case(&case, &k, &opts, &mut |e| progress.event(e));
+        progress.finish();
+        let verdict = check::evaluate(&case, &outcome?);
+        let o = bisect::Outcome {
+            status: verdict.status,
+            classifications: verdict
+                .classifications
+                .iter()
+                .map(|(k, c)| (k.clone(), c.label.clone()))
+                .collect(),
+            release: verdict.release.clone(),
+            cache_target: verdict.cache_target.clone(),
+            seconds: verdict.seconds,
+        };
+        eprintln!("{spec}: {} ({:.0} s)", o.key(), o.seconds);
+        Ok(o)
+    };
+    let r = bisect::bisect(&case.name, &specs, &mut runner)?;
+    print!("{}", bisect::render(&r));
+    if let Some(j) = json {
+        std::fs::write(j, report::to_json(&r))
+            .with_context(|| format!("cannot write {}", j.display()))?;
+    }
+    Ok(r.exit_code())
 }

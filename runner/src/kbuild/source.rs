@@ -1,5 +1,6 @@
-//! Where a kernel source comes from: `debian:SERIES` (Debian's linux-source package,
-//! fetched and unpacked once into the cache) or a directory; and its identity.
+//! Where a kernel source comes from: `debian:SERIES` (Debian's linux-source package from
+//! any of the runner's suites, see [`crate::debian`], fetched and unpacked once into the
+//! cache) or a directory; and its identity.
 
 use super::exec::run_checked;
 use super::short_hash;
@@ -13,12 +14,14 @@ use std::time::SystemTime;
 pub enum SourceSpec {
     /// A kernel source directory (never modified; copied into the cache).
     Dir(PathBuf),
-    /// A Debian source package series: `"6.12"` means `linux-source-6.12`.
+    /// A Debian source package: `"6.12"` means the newest `linux-source-6.12`, `"6.12.117"`
+    /// its newest package of upstream 6.12.117, `"6.12=6.12.117-1~deb12u1"` that package.
     Debian(String),
 }
 
 impl SourceSpec {
-    /// `debian:6.12` (or `debian:linux-source-6.12`), or a kernel source directory.
+    /// `debian:6.12` (or `debian:linux-source-6.12`), `debian:6.12.117`,
+    /// `debian:6.12=6.12.117-1~deb12u1`, or a kernel source directory.
     pub fn parse(s: &str) -> Result<SourceSpec> {
         let s = s.trim();
         if s.is_empty() {
@@ -29,10 +32,11 @@ impl SourceSpec {
             let ok = !v.is_empty()
                 && v.chars().next().is_some_and(|c| c.is_ascii_digit())
                 && v.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || ".+-~".contains(c));
+                    .all(|c| c.is_ascii_alphanumeric() || ".+-~=".contains(c))
+                && crate::debian::parse_source_spec(v).is_ok();
             if !ok {
                 bail!(
-                    "`{s}`: write debian:SERIES, e.g. debian:6.12 (the package linux-source-6.12)"
+                    "`{s}`: write debian:SERIES, e.g. debian:6.12 (the package linux-source-6.12), debian:6.12.117 or debian:6.12=6.12.117-1~deb12u1"
                 );
             }
             return Ok(SourceSpec::Debian(v.to_string()));
@@ -75,12 +79,13 @@ pub(super) struct Identity {
 ///   (`.git` excluded).  Touching any file therefore makes a new build tree.
 pub(super) fn source_identity(spec: &SourceSpec) -> Result<Identity> {
     match spec {
-        SourceSpec::Debian(series) => {
+        SourceSpec::Debian(spec) => {
+            let (series, pin) = crate::debian::parse_source_spec(spec)?;
             let pkg = format!("linux-source-{series}");
-            let version = match apt_candidate(&pkg) {
-                Some(v) => v,
-                None => newest_cached(&pkg).ok_or_else(|| {
-                    anyhow!("no Debian package {pkg} (apt-cache policy has no candidate; try `apt-cache search linux-source`)")
+            let version = match crate::debian::source_version(spec, &mut |_| {})? {
+                Some((_, v)) => v,
+                None => newest_cached(&pkg, &pin).ok_or_else(|| {
+                    anyhow!("no Debian index to find {pkg} in, and none unpacked in the cache (`dmcache-vmtest kernel list --refresh` says why)")
                 })?,
             };
             Ok(Identity {
@@ -133,27 +138,13 @@ pub(super) fn source_identity(spec: &SourceSpec) -> Result<Identity> {
     }
 }
 
-pub(super) fn apt_candidate(pkg: &str) -> Option<String> {
-    let (mut apt, _) = crate::image::apt_command("apt-cache", &std::env::temp_dir()).ok()?;
-    let o = apt
-        .args(["policy", pkg])
-        .stdin(Stdio::null())
-        .output()
-        .ok()?;
-    let s = String::from_utf8_lossy(&o.stdout);
-    let v = s
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Candidate:"))?
-        .trim()
-        .to_string();
-    (!v.is_empty() && v != "(none)").then_some(v)
-}
-
 pub(super) fn debian_src_dir(pkg: &str, version: &str) -> PathBuf {
     crate::cache::dir("src").join(format!("{pkg}_{version}"))
 }
 
-pub(super) fn newest_cached(pkg: &str) -> Option<String> {
+/// Offline: the newest `pkg` version already unpacked in the cache that fits the pin.
+pub(super) fn newest_cached(pkg: &str, pin: &crate::debian::SourcePin) -> Option<String> {
+    use crate::debian::{version, SourcePin};
     let prefix = format!("{pkg}_");
     let mut vs: Vec<String> = fs::read_dir(crate::cache::dir("src"))
         .ok()?
@@ -165,30 +156,14 @@ pub(super) fn newest_cached(pkg: &str) -> Option<String> {
                 .map(String::from)
         })
         .filter(|v| debian_src_dir(pkg, v).join("complete").exists())
+        .filter(|v| match pin {
+            SourcePin::Newest => true,
+            SourcePin::Upstream(u) => version::upstream(v) == *u,
+            SourcePin::Exact(x) => v == x,
+        })
         .collect();
-    vs.sort_by(|a, b| version_cmp(a, b));
+    vs.sort_by(|a, b| version::cmp(a, b));
     vs.pop()
-}
-
-/// Rough version ordering (numeric runs compared as numbers); enough to pick the newest.
-pub(super) fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
-    fn parts(s: &str) -> Vec<Result<u64, String>> {
-        let mut out = Vec::new();
-        let mut cur = String::new();
-        for c in s.chars() {
-            if !cur.is_empty() && cur.chars().next().unwrap().is_ascii_digit() != c.is_ascii_digit()
-            {
-                out.push(cur.parse::<u64>().map_err(|_| cur.clone()));
-                cur.clear();
-            }
-            cur.push(c);
-        }
-        if !cur.is_empty() {
-            out.push(cur.parse::<u64>().map_err(|_| cur.clone()));
-        }
-        out
-    }
-    parts(a).cmp(&parts(b))
 }
 
 pub(super) fn newest_mtime(root: &Path) -> u64 {
@@ -224,7 +199,8 @@ pub(super) fn ensure_source(
 ) -> Result<PathBuf> {
     match spec {
         SourceSpec::Dir(p) => Ok(p.canonicalize()?),
-        SourceSpec::Debian(series) => {
+        SourceSpec::Debian(spec) => {
+            let (series, _) = crate::debian::parse_source_spec(spec)?;
             let pkg = format!("linux-source-{series}");
             let version = ident
                 .version
@@ -238,7 +214,7 @@ pub(super) fn ensure_source(
             let _ = fs::remove_dir_all(&dir);
             let work = dir.join("work");
             progress(&format!("apt-get download {pkg}={version}"));
-            let deb = crate::image::apt_download(&format!("{pkg}={version}"), &work)?;
+            let deb = crate::debian::download(&pkg, version, &work)?;
             progress(&format!(
                 "dpkg-deb -x {}",
                 deb.file_name().unwrap_or_default().to_string_lossy()
@@ -276,11 +252,20 @@ mod tests {
             SourceSpec::parse(" debian:linux-source-6.1 ").unwrap(),
             SourceSpec::Debian("6.1".into())
         );
+        assert_eq!(
+            SourceSpec::parse("debian:6.12.117").unwrap(),
+            SourceSpec::Debian("6.12.117".into())
+        );
+        assert_eq!(
+            SourceSpec::parse("debian:6.12=6.12.117-1~deb12u1").unwrap(),
+            SourceSpec::Debian("6.12=6.12.117-1~deb12u1".into())
+        );
         for bad in [
             "",
             "debian:",
             "debian:6.12;rm",
             "debian:foo",
+            "debian:6.12.1=x",
             "/nonexistent/dir/xyz",
         ] {
             assert!(SourceSpec::parse(bad).is_err(), "{bad:?} should not parse");

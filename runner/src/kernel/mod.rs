@@ -1,12 +1,13 @@
-//! Kernel specs and acquisition: a bzImage path, a directory with `boot/vmlinuz-*` and
-//! `lib/modules/*`, `debian:VERSION` fetched without root (`apt-get download` +
-//! `dpkg-deb -x`) into the per-user cache, or `build:SRC[,PATCH…]` (see [`crate::kbuild`]).
-//! Before any boot we check that the kernel has dm-cache.
+//! Kernel specs and acquisition: a bzImage path, a directory holding an unpacked kernel in
+//! any of Debian's three packaging forms ([`layout`]), `debian:VERSION` fetched without root
+//! from any Debian suite into the per-user cache ([`crate::debian`]), or `build:SRC[,PATCH…]`
+//! (see [`crate::kbuild`]).  Before any boot we check that the kernel has dm-cache.
+
+pub mod layout;
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// Default kernel when no `--kernel` is given: Debian's newest 6.12 image.
 pub const DEFAULT_SPEC: &str = "debian:6.12";
@@ -19,9 +20,11 @@ pub enum KernelSpec {
         image: PathBuf,
         modules: Option<PathBuf>,
     },
-    /// A directory with `boot/vmlinuz-*` (and `lib/modules/*`), e.g. an unpacked .deb.
+    /// A directory with an unpacked kernel: `boot/vmlinuz-*` with `lib/modules/*` or
+    /// `usr/lib/modules/*`, or `usr/lib/modules/*/vmlinuz` (Debian's split packages).
     Dir(PathBuf),
-    /// `debian:6.12.117+deb12`, `debian:6.1.0-56`, or a series `debian:6.12` (newest).
+    /// `debian:6.12.117+deb12`, `debian:6.1.0-56`, `debian:6.18.15`, or a series `debian:6.18`
+    /// (newest); see [`crate::debian::Index::resolve`].
     Debian(String),
     /// `build:debian:6.12,patches/fix.patch[,extra.config]` — built from source with `kconfigs/`.
     Build { src: String, patches: Vec<PathBuf> },
@@ -50,7 +53,7 @@ impl KernelSpec {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || ".+-~".contains(c))
             {
-                bail!("`{s}`: write debian:VERSION, e.g. debian:6.12.117+deb12, debian:6.1.0-56 or debian:6.12");
+                bail!("`{s}`: write debian:VERSION, e.g. debian:6.12.117+deb12, debian:6.1.0-56, debian:6.18.15 or debian:6.18");
             }
             return Ok(KernelSpec::Debian(v.to_string()));
         }
@@ -69,7 +72,7 @@ impl KernelSpec {
                 modules: None,
             })
         } else {
-            bail!("kernel `{s}` does not exist (give a bzImage path, a directory with boot/vmlinuz-*, debian:VERSION or build:SRC[,PATCH…])")
+            bail!("kernel `{s}` does not exist (give a bzImage path, a directory with an unpacked kernel, debian:VERSION or build:SRC[,PATCH…])")
         }
     }
 }
@@ -89,11 +92,12 @@ pub enum DmCache {
 pub struct Kernel {
     /// What the user asked for (for reports).
     pub spec: String,
-    /// The image `vng -r` boots.  vng finds modules in `<image>/../../lib/modules/<release>`.
+    /// The image `vng -r` boots.  vng finds its modules by walking up from it to the
+    /// directory holding `lib/modules` or `usr/lib/modules` ([`layout`]).
     pub image: PathBuf,
     pub release: Option<String>,
     pub config: Option<PathBuf>,
-    /// `lib/modules/<release>` of this kernel, if it has modules.
+    /// `[usr/]lib/modules/<release>` of this kernel, if it has modules.
     pub modules: Option<PathBuf>,
     pub dm_cache: DmCache,
 }
@@ -130,7 +134,7 @@ fn read_release(image: &Path) -> Result<String> {
     head.truncate(n);
     bzimage_release(&head).ok_or_else(|| {
         anyhow!(
-            "{} is not a Linux kernel image (no bzImage header); give a bzImage, a directory with boot/vmlinuz-*, or debian:VERSION",
+            "{} is not a Linux kernel image (no bzImage header); give a bzImage, a directory with an unpacked kernel, or debian:VERSION",
             image.display()
         )
     })
@@ -144,8 +148,14 @@ fn has_dm_cache_module(moddir: &Path) -> bool {
     })
 }
 
-/// Checks a kernel's dm-cache support from its config and modules.
-fn dm_cache_support(config: Option<&Path>, moddir: Option<&Path>, image: &Path) -> Result<DmCache> {
+/// Checks a kernel's dm-cache support from its config and modules (`looked_in`: where the
+/// modules were searched, for the message when they are missing).
+fn dm_cache_support(
+    config: Option<&Path>,
+    moddir: Option<&Path>,
+    image: &Path,
+    looked_in: &[PathBuf],
+) -> Result<DmCache> {
     if let Some(cfg) = config {
         let text = std::fs::read_to_string(cfg)
             .with_context(|| format!("cannot read {}", cfg.display()))?;
@@ -153,9 +163,20 @@ fn dm_cache_support(config: Option<&Path>, moddir: Option<&Path>, image: &Path) 
             Some('y') => Ok(DmCache::BuiltIn),
             Some('m') if moddir.is_some_and(has_dm_cache_module) => Ok(DmCache::Module),
             Some('m') => bail!(
-                "{} has dm-cache as a module (CONFIG_DM_CACHE=m) but its modules are not there ({}): give the directory that holds lib/modules",
+                "{} has dm-cache as a module (CONFIG_DM_CACHE=m) but its modules are not there ({}): give the directory that holds [usr/]lib/modules",
                 image.display(),
-                moddir.map(|m| m.display().to_string()).unwrap_or_else(|| "no modules dir".into())
+                match moddir {
+                    Some(m) => format!("no drivers/md/dm-cache.ko* in {}", m.display()),
+                    None if looked_in.is_empty() => "no modules dir".into(),
+                    None => format!(
+                        "looked in {}",
+                        looked_in
+                            .iter()
+                            .map(|p| p.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(" and ")
+                    ),
+                }
             ),
             _ => bail!(
                 "{} has no dm-cache (CONFIG_DM_CACHE is not set in {}): build it with kconfigs/dm-cache.config",
@@ -175,7 +196,7 @@ pub fn resolve(spec: &KernelSpec, label: &str, progress: &mut dyn FnMut(&str)) -
     match spec {
         KernelSpec::Dir(d) => from_dir(d, label),
         KernelSpec::Debian(v) => {
-            let dir = fetch_debian(v, progress)?;
+            let dir = crate::debian::fetch_kernel(v, progress)?;
             from_dir(&dir, label)
         }
         KernelSpec::Image { image, modules } => from_image(image, modules.as_deref(), label),
@@ -192,7 +213,7 @@ fn build_kernel(
     let built = crate::kbuild::build(&build_request(src, items)?, progress)?;
     let mut k = from_image(&built.bzimage, None, label)?;
     k.config = Some(built.config.clone());
-    k.dm_cache = dm_cache_support(Some(&built.config), None, &built.bzimage)?;
+    k.dm_cache = dm_cache_support(Some(&built.config), None, &built.bzimage, &[])?;
     Ok(k)
 }
 
@@ -224,32 +245,15 @@ pub fn build_request(src: &str, items: &[PathBuf]) -> Result<crate::kbuild::Buil
 }
 
 fn from_dir(dir: &Path, label: &str) -> Result<Kernel> {
-    let boot = dir.join("boot");
-    let mut images: Vec<PathBuf> = std::fs::read_dir(&boot)
-        .with_context(|| format!("{} has no boot/ directory with a vmlinuz-*", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
-        })
-        .collect();
-    images.sort();
-    let image = match images.as_slice() {
-        [one] => one.clone(),
-        [] => bail!("no boot/vmlinuz-* in {}", dir.display()),
-        many => bail!(
-            "{} has several kernels ({}): name one image, e.g. --kernel {}",
-            dir.display(),
-            many.len(),
-            many[0].display()
-        ),
-    };
+    let found = layout::find(dir)?;
+    let image = found.image;
     let release = read_release(&image)?;
-    let config = boot.join(format!("config-{release}"));
-    let moddir = dir.join("lib/modules").join(&release);
-    let config = config.exists().then_some(config);
-    let modules = moddir.exists().then_some(moddir);
-    let dm_cache = dm_cache_support(config.as_deref(), modules.as_deref(), &image)?;
+    // The header is the truth (uname -r); the path's name is the fallback for lookups.
+    let lookup = |f: &dyn Fn(&str) -> Option<PathBuf>| f(&release).or_else(|| f(&found.release));
+    let config = lookup(&|r| layout::config(dir, r));
+    let modules = lookup(&|r| layout::modules(dir, r));
+    let looked_in = layout::module_dirs(dir, &release);
+    let dm_cache = dm_cache_support(config.as_deref(), modules.as_deref(), &image, &looked_in)?;
     Ok(Kernel {
         spec: label.into(),
         image,
@@ -267,13 +271,13 @@ fn from_image(image: &Path, modules: Option<&Path>, label: &str) -> Result<Kerne
     let release = read_release(image)?;
     if let Some(m) = modules {
         // Lay out DIR/boot/vmlinuz-REL + DIR/lib/modules/REL so vng finds the modules.
-        let moddir = if m.join("lib/modules").join(&release).is_dir() {
-            m.join("lib/modules").join(&release)
-        } else if m.join("modules.dep").exists() || m.join("kernel").is_dir() {
+        let moddir = if let Some(d) = layout::modules(m, &release) {
+            d
+        } else if layout::is_modules_dir(m) {
             m.to_path_buf()
         } else {
             bail!(
-                "{} holds no modules for release {release} (expected lib/modules/{release} or a modules dir)",
+                "{} holds no modules for release {release} (expected [usr/]lib/modules/{release} or a modules dir)",
                 m.display()
             );
         };
@@ -303,7 +307,7 @@ fn from_image(image: &Path, modules: Option<&Path>, label: &str) -> Result<Kerne
         .exists()
         .then(|| image.with_file_name("config"));
     let config = side_config.or(tree_config);
-    let dm_cache = dm_cache_support(config.as_deref(), None, image)?;
+    let dm_cache = dm_cache_support(config.as_deref(), None, image, &[])?;
     if config
         .as_deref()
         .is_some_and(|c| std::fs::read_to_string(c).is_ok_and(|t| config_dm_cache(&t) == Some('m')))
@@ -321,90 +325,6 @@ fn from_image(image: &Path, modules: Option<&Path>, label: &str) -> Result<Kerne
         modules: None,
         dm_cache,
     })
-}
-
-/// Package name of a Debian unsigned kernel image for a version like `6.12.117+deb12` or `6.1.0-56`.
-pub fn debian_package(version: &str) -> String {
-    format!("linux-image-{version}-amd64-unsigned")
-}
-
-/// Picks the newest `linux-image-SERIES.N+debX-amd64-unsigned` (or `SERIES.0-N-amd64-unsigned`)
-/// from package names; returns the version part.
-pub fn newest_in_series(names: &[String], series: &str) -> Option<String> {
-    let mut best: Option<(Vec<u64>, String)> = None;
-    for n in names {
-        let Some(v) = n
-            .strip_prefix("linux-image-")
-            .and_then(|r| r.strip_suffix("-amd64-unsigned"))
-        else {
-            continue;
-        };
-        let Some(rest) = v.strip_prefix(series).and_then(|r| r.strip_prefix('.')) else {
-            continue;
-        };
-        // 6.12.117+deb12 → [117]; 6.1.0-56 → [0, 56]
-        let key: Option<Vec<u64>> = rest
-            .split(['.', '-', '+'])
-            .filter(|p| !p.starts_with("deb"))
-            .map(|p| p.parse().ok())
-            .collect();
-        let Some(key) = key else { continue };
-        if best.as_ref().is_none_or(|(k, _)| key > *k) {
-            best = Some((key, v.to_string()));
-        }
-    }
-    best.map(|(_, v)| v)
-}
-
-/// A series like `6.12` (no patch level) is resolved to the newest package apt knows.
-fn is_series(v: &str) -> bool {
-    v.split('.').count() == 2 && v.chars().all(|c| c.is_ascii_digit() || c == '.')
-}
-
-/// Downloads and unpacks a Debian kernel into the cache (reused next time); returns its dir.
-pub fn fetch_debian(version: &str, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
-    let version = if is_series(version) {
-        let tmp = std::env::temp_dir();
-        let out = crate::image::apt_command("apt-cache", &tmp)?
-            .0
-            .args(["pkgnames", &format!("linux-image-{version}.")])
-            .output()
-            .context("cannot run apt-cache (is this Debian/Ubuntu?)")?;
-        let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect();
-        newest_in_series(&names, version).ok_or_else(|| {
-            anyhow!("apt knows no linux-image-{version}.*-amd64-unsigned: run `apt-get update` (Debian 12 with bookworm-updates/security lists), or name a version, e.g. debian:6.12.117+deb12")
-        })?
-    } else {
-        version.to_string()
-    };
-    let dir = crate::cache::dir("kernels").join(format!("debian-{version}"));
-    if dir.join(".complete").exists() {
-        return Ok(dir);
-    }
-    let pkg = debian_package(&version);
-    progress(&format!("fetching {pkg}"));
-    let deb = crate::image::apt_download(&pkg, &crate::cache::dir("kernels").join("downloads"))?;
-    progress(&format!("unpacking {}", deb.display()));
-    let tmp = dir.with_extension("partial");
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp)?;
-    let st = Command::new("dpkg-deb")
-        .arg("-x")
-        .arg(&deb)
-        .arg(&tmp)
-        .status()
-        .context("cannot run dpkg-deb")?;
-    if !st.success() {
-        bail!("dpkg-deb -x {} failed", deb.display());
-    }
-    std::fs::write(tmp.join(".complete"), &pkg)?;
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::rename(&tmp, &dir)?;
-    let _ = std::fs::remove_file(&deb);
-    Ok(dir)
 }
 
 #[cfg(test)]
@@ -436,35 +356,81 @@ mod tests {
         ));
     }
 
+    /// A file with a bzImage header naming `release`.
+    fn fake_bzimage(release: &str) -> Vec<u8> {
+        let mut img = vec![0u8; 0x400];
+        img[0x202..0x206].copy_from_slice(b"HdrS");
+        img[0x20e..0x210].copy_from_slice(&0x100u16.to_le_bytes());
+        img[0x300..0x300 + release.len()].copy_from_slice(release.as_bytes());
+        img[0x300 + release.len()] = b' ';
+        img
+    }
+
+    fn put(root: &Path, rel: &str, data: &[u8]) {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, data).unwrap();
+    }
+
+    /// An unpacked kernel in one of the three forms, dm-cache as a module.
+    fn unpacked(form: layout::Layout, release: &str, with_modules: bool) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        let (img, cfg, moddir) = match form {
+            layout::Layout::Boot => (
+                format!("boot/vmlinuz-{release}"),
+                format!("boot/config-{release}"),
+                format!("lib/modules/{release}"),
+            ),
+            layout::Layout::MergedUsr => (
+                format!("boot/vmlinuz-{release}"),
+                format!("boot/config-{release}"),
+                format!("usr/lib/modules/{release}"),
+            ),
+            layout::Layout::Split => (
+                format!("usr/lib/modules/{release}/vmlinuz"),
+                format!("usr/lib/modules/{release}/config"),
+                format!("usr/lib/modules/{release}"),
+            ),
+        };
+        put(d.path(), &img, &fake_bzimage(release));
+        put(d.path(), &cfg, b"CONFIG_DM_CACHE=m\n");
+        if with_modules {
+            put(
+                d.path(),
+                &format!("{moddir}/kernel/drivers/md/dm-cache.ko.xz"),
+                b"",
+            );
+        }
+        d
+    }
+
     #[test]
-    fn newest_picks_highest_patch_level() {
-        let names: Vec<String> = [
-            "linux-image-6.12.107+deb12-amd64-unsigned",
-            "linux-image-6.12.117+deb12-amd64-unsigned",
-            "linux-image-6.12.117+deb12-cloud-amd64-unsigned",
-            "linux-image-6.12.99+deb12-amd64-unsigned",
-            "linux-image-6.1.0-56-amd64-unsigned",
-            "linux-image-6.1.0-9-amd64-unsigned",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        assert_eq!(
-            newest_in_series(&names, "6.12").as_deref(),
-            Some("6.12.117+deb12")
-        );
-        assert_eq!(newest_in_series(&names, "6.1").as_deref(), Some("6.1.0-56"));
-        assert_eq!(newest_in_series(&names, "5.10"), None);
-        assert!(is_series("6.12") && !is_series("6.1.0-56"));
+    fn dirs_in_every_packaging_form() {
+        for (form, rel) in [
+            (layout::Layout::Boot, "6.1.0-56-amd64"),
+            (layout::Layout::MergedUsr, "6.18.15+deb13-amd64"),
+            (layout::Layout::Split, "7.3.4+deb13-amd64"),
+        ] {
+            let d = unpacked(form, rel, true);
+            let k = from_dir(d.path(), "x").unwrap_or_else(|e| panic!("{form:?}: {e:#}"));
+            assert_eq!(k.release.as_deref(), Some(rel));
+            assert_eq!(k.dm_cache, DmCache::Module, "{form:?}");
+            assert!(k.modules.unwrap().ends_with(rel));
+            assert!(k.config.is_some());
+            // Without the modules: a one-line error naming where it looked.
+            let d = unpacked(form, rel, false);
+            let e = from_dir(d.path(), "x").unwrap_err().to_string();
+            assert!(
+                e.contains("has dm-cache as a module") && e.contains("usr/lib/modules/"),
+                "{form:?}: {e}"
+            );
+            assert!(!e.contains('\n'));
+        }
     }
 
     #[test]
     fn bzimage_header() {
-        let mut img = vec![0u8; 0x400];
-        img[0x202..0x206].copy_from_slice(b"HdrS");
-        img[0x20e..0x210].copy_from_slice(&0x100u16.to_le_bytes());
-        img[0x300..0x300 + 20].copy_from_slice(b"6.12.117+deb12-amd64");
-        img[0x314] = b' ';
+        let img = fake_bzimage("6.12.117+deb12-amd64");
         assert_eq!(
             bzimage_release(&img).as_deref(),
             Some("6.12.117+deb12-amd64")
@@ -490,7 +456,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("config");
         std::fs::write(&cfg, "# CONFIG_DM_CACHE is not set\n").unwrap();
-        let e = dm_cache_support(Some(&cfg), None, Path::new("k"))
+        let e = dm_cache_support(Some(&cfg), None, Path::new("k"), &[])
             .unwrap_err()
             .to_string();
         assert!(e.contains("has no dm-cache"), "{e}");

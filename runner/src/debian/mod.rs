@@ -1,0 +1,366 @@
+//! Debian's archive, the one home of the runner's apt code: `debian:` kernels from every
+//! suite (bookworm … experimental) and `linux-source-*`, without touching the host's apt and
+//! without root.
+//!
+//! * [`sources`]: the mirror, derived from the host's apt sources (or a built image's, or
+//!   `DMCACHE_VMTEST_DEBIAN_MIRROR`), and the runner's own sources list for the suites
+//!   (`DMCACHE_VMTEST_DEBIAN_SUITES`).
+//! * [`apt`]: the runner-owned apt state in the cache (`apt-get -o Dir::…`), refreshed when
+//!   older than a day, `apt-get download`.
+//! * [`index`]: the kernels the archive offers (packaging form, usable or why not) and spec
+//!   resolution; [`version`]: dpkg's version order.
+//!
+//! A fetched kernel is downloaded and unpacked in a temporary directory inside the cache and
+//! renamed into place when complete, so no half-unpacked kernel is ever left.
+
+pub mod apt;
+pub mod index;
+pub mod sources;
+pub mod version;
+
+pub use index::{Form, Index, KernelEntry};
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::SystemTime;
+
+/// When to refresh the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refresh {
+    /// When it is older than a day (or the sources changed).
+    IfStale,
+    /// Now (`kernel list --refresh`).
+    Force,
+}
+
+/// The runner's view of Debian's archive: its apt state, mirrors and suites.
+pub struct Archive {
+    pub state: apt::AptState,
+    pub mirrors: sources::Mirrors,
+    pub suites: Vec<String>,
+    /// Suites left out (security suites without a security mirror).
+    pub skipped: Vec<String>,
+    sources_changed: bool,
+}
+
+/// What [`Archive::index`] did, for messages.
+#[derive(Debug, Clone)]
+pub struct IndexInfo {
+    pub updated_at: Option<SystemTime>,
+    pub refreshed: bool,
+    /// Suites that failed to refresh, or why a stale index is used.
+    pub warnings: Vec<String>,
+}
+
+impl Archive {
+    /// Derives the mirror and writes the runner's sources list (nothing is fetched yet).
+    pub fn open() -> Result<Archive> {
+        let mirrors = sources::mirrors()?;
+        let keyring = sources::keyring(&mirrors)?;
+        let suites = sources::suites_from(
+            std::env::var("DMCACHE_VMTEST_DEBIAN_SUITES")
+                .ok()
+                .as_deref(),
+        );
+        let (list, skipped) = sources::render_list(&mirrors, &suites, &keyring);
+        let state = apt::AptState::default_location();
+        let sources_changed = state.write_sources(&list)?;
+        Ok(Archive {
+            state,
+            mirrors,
+            suites,
+            skipped,
+            sources_changed,
+        })
+    }
+
+    /// The kernel index, refreshed first when due.  A failed refresh falls back to the
+    /// previous index with a warning; with no index at all it is an error.
+    pub fn index(
+        &self,
+        refresh: Refresh,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<(Index, IndexInfo)> {
+        let due = refresh == Refresh::Force || self.sources_changed || self.state.stale();
+        let mut info = IndexInfo {
+            updated_at: self.state.updated_at(),
+            refreshed: false,
+            warnings: vec![],
+        };
+        if due {
+            progress(&format!(
+                "apt-get update: {} suites (mirror from {})",
+                self.suites.len() - self.skipped.len(),
+                self.mirrors.from
+            ));
+            match self.state.update() {
+                Ok(w) => {
+                    info.refreshed = true;
+                    info.warnings = w;
+                    info.updated_at = self.state.updated_at();
+                }
+                Err(e) if info.updated_at.is_some() => {
+                    info.warnings
+                        .push(format!("using the previous index: {e:#}"));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((Index::new(self.state.load_index()?), info))
+    }
+}
+
+/// The available kernels from `debian:A` to `debian:B` ([`Index::range`]), with the index
+/// refreshed when due.
+pub fn kernel_range(a: &str, b: &str, progress: &mut dyn FnMut(&str)) -> Result<index::Range> {
+    let (Some(lo), Some(hi)) = (a.strip_prefix("debian:"), b.strip_prefix("debian:")) else {
+        bail!("{a}..{b}: a range needs debian: ends (e.g. debian:6.16..debian:7.3); name other kernels as a comma list");
+    };
+    let archive = Archive::open()?;
+    let (index, info) = archive.index(Refresh::IfStale, progress)?;
+    for w in &info.warnings {
+        progress(&format!("warning: {w}"));
+    }
+    index.range(lo, hi)
+}
+
+/// The directory a `debian:` kernel is unpacked into (`<cache>/kernels/debian-ABI`).
+pub fn kernel_dir(abi: &str) -> PathBuf {
+    crate::cache::dir("kernels").join(format!("debian-{abi}"))
+}
+
+const COMPLETE: &str = ".complete";
+
+fn is_complete(dir: &Path) -> bool {
+    dir.join(COMPLETE).exists()
+}
+
+/// Resolves a `debian:` spec (without the prefix) and fetches the kernel into the cache if
+/// needed; returns its directory.  An ABI name already in the cache needs no network; a
+/// series with no reachable index falls back to the newest cached kernel of that series.
+pub fn fetch_kernel(spec: &str, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
+    // An ABI name (not a series: `debian:7.3` means 7.3.x, not experimental's `7.3` ABI).
+    let cached = kernel_dir(spec);
+    if !version::is_series(spec) && is_complete(&cached) {
+        return Ok(cached);
+    }
+    let resolved = Archive::open().and_then(|a| {
+        let (index, info) = a.index(Refresh::IfStale, progress)?;
+        for w in &info.warnings {
+            progress(&format!("warning: {w}"));
+        }
+        Ok((a, index))
+    });
+    let (archive, index) = match resolved {
+        Ok(x) => x,
+        Err(e) => {
+            if let Some(dir) = newest_cached(spec) {
+                progress(&format!(
+                    "no Debian index ({e:#}); using the cached {}",
+                    dir.display()
+                ));
+                return Ok(dir);
+            }
+            return Err(e);
+        }
+    };
+    let entry = index.resolve(spec)?;
+    fetch_entry(&archive, &entry, progress)
+}
+
+/// Downloads and unpacks one kernel (all its packages) unless it is in the cache.
+pub fn fetch_entry(
+    archive: &Archive,
+    entry: &KernelEntry,
+    progress: &mut dyn FnMut(&str),
+) -> Result<PathBuf> {
+    let dir = kernel_dir(&entry.abi);
+    if is_complete(&dir) {
+        return Ok(dir);
+    }
+    if let Some(why) = &entry.unusable {
+        bail!("debian:{} cannot be had: {why}", entry.abi);
+    }
+    let parent = crate::cache::dir("kernels");
+    std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
+    let work = tempfile::Builder::new()
+        .prefix(&format!(".partial-{}-", entry.abi))
+        .tempdir_in(&parent)
+        .with_context(|| format!("creating a temporary directory in {}", parent.display()))?;
+    let names: Vec<&str> = entry.packages.iter().map(|(p, _)| p.as_str()).collect();
+    progress(&format!(
+        "apt-get download {} ({})",
+        names.join(" "),
+        entry.version
+    ));
+    let debs = archive
+        .state
+        .download(&entry.packages, &work.path().join("debs"))?;
+    let root = work.path().join("root");
+    for deb in &debs {
+        progress(&format!(
+            "unpacking {}",
+            deb.file_name().unwrap_or_default().to_string_lossy()
+        ));
+        dpkg_extract(deb, &root)?;
+        std::fs::remove_file(deb)?;
+    }
+    let complete: String = entry
+        .packages
+        .iter()
+        .map(|(p, v)| format!("{p}={v}\n"))
+        .collect();
+    std::fs::write(root.join(COMPLETE), complete)?;
+    match std::fs::rename(&root, &dir) {
+        Ok(()) => {}
+        // Another run finished the same kernel first: keep its copy.
+        Err(_) if is_complete(&dir) => {}
+        Err(_) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::rename(&root, &dir)
+                .with_context(|| format!("moving the kernel into {}", dir.display()))?;
+        }
+    }
+    Ok(dir)
+}
+
+fn dpkg_extract(deb: &Path, into: &Path) -> Result<()> {
+    std::fs::create_dir_all(into)?;
+    let out = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(deb)
+        .arg(into)
+        .output()
+        .context("cannot run dpkg-deb (apt-get install dpkg)")?;
+    if !out.status.success() {
+        bail!(
+            "dpkg-deb -x {} failed: {}",
+            deb.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// The newest complete `debian-ABI` kernel in the cache matching a series or ABI prefix.
+pub fn newest_cached(spec: &str) -> Option<PathBuf> {
+    let mut found: Vec<String> = std::fs::read_dir(crate::cache::dir("kernels"))
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_prefix("debian-")
+                .map(String::from)
+        })
+        .filter(|abi| {
+            abi == spec
+                || (version::is_series(spec) && version::series(abi).as_deref() == Some(spec))
+                || abi.starts_with(&format!("{spec}+"))
+        })
+        .filter(|abi| is_complete(&kernel_dir(abi)))
+        .collect();
+    found.sort_by(|a, b| version::cmp(a, b));
+    found.pop().map(|abi| kernel_dir(&abi))
+}
+
+/// A `linux-source` spec: `6.12` (newest), `6.12.117` (the newest package of that upstream
+/// version) or `6.12=6.12.117-1~deb12u1` (that package version).  Returns the package name
+/// and the version from the index (refreshed when due); `None` when no index can be had.
+pub fn source_version(
+    spec: &str,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Option<(String, String)>> {
+    let (series, pin) = parse_source_spec(spec)?;
+    let pkg = format!("linux-source-{series}");
+    let got = Archive::open().and_then(|a| {
+        let (i, _) = a.index(Refresh::IfStale, progress)?;
+        Ok((a, i))
+    });
+    let (archive, index) = match got {
+        Ok(x) => x,
+        Err(e) => {
+            progress(&format!("no Debian index: {e:#}"));
+            return Ok(None);
+        }
+    };
+    let versions = index.sources(&series);
+    let pick = versions.iter().map(|(v, _)| v).find(|v| match &pin {
+        SourcePin::Newest => true,
+        SourcePin::Upstream(u) => version::upstream(v) == *u,
+        SourcePin::Exact(x) => *v == x,
+    });
+    match pick {
+        Some(v) => Ok(Some((pkg, v.clone()))),
+        None if versions.is_empty() => bail!(
+            "no Debian package {pkg} in the runner's suites ({})",
+            archive.suites.join(", ")
+        ),
+        None => bail!(
+            "debian:{spec}: no such {pkg}; available: {}",
+            versions
+                .iter()
+                .map(|(v, _)| v.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// What a `linux-source` spec pins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourcePin {
+    Newest,
+    Upstream(String),
+    Exact(String),
+}
+
+/// `6.12` / `6.12.117` / `6.12=6.12.117-1~deb12u1` → (series, pin).
+pub fn parse_source_spec(spec: &str) -> Result<(String, SourcePin)> {
+    if let Some((series, exact)) = spec.split_once('=') {
+        if !version::is_series(series) || exact.is_empty() {
+            bail!("debian:{spec}: write debian:SERIES=PACKAGE-VERSION, e.g. debian:6.12=6.12.117-1~deb12u1");
+        }
+        return Ok((series.to_string(), SourcePin::Exact(exact.to_string())));
+    }
+    if version::is_series(spec) {
+        return Ok((spec.to_string(), SourcePin::Newest));
+    }
+    match version::series(spec) {
+        Some(series) => Ok((series, SourcePin::Upstream(spec.to_string()))),
+        None => bail!("debian:{spec}: write debian:SERIES (e.g. debian:6.12), an upstream version (debian:6.12.117) or debian:SERIES=PACKAGE-VERSION"),
+    }
+}
+
+/// `apt-get download PKG=VERSION` with the runner's apt into `dir`; the `.deb`'s path.
+pub fn download(pkg: &str, version: &str, dir: &Path) -> Result<PathBuf> {
+    let archive = Archive::open()?;
+    let mut debs = archive
+        .state
+        .download(&[(pkg.to_string(), version.to_string())], dir)?;
+    Ok(debs.remove(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_specs() {
+        assert_eq!(
+            parse_source_spec("6.12").unwrap(),
+            ("6.12".into(), SourcePin::Newest)
+        );
+        assert_eq!(
+            parse_source_spec("6.12.117").unwrap(),
+            ("6.12".into(), SourcePin::Upstream("6.12.117".into()))
+        );
+        assert_eq!(
+            parse_source_spec("6.12=6.12.117-1~deb12u1").unwrap(),
+            ("6.12".into(), SourcePin::Exact("6.12.117-1~deb12u1".into()))
+        );
+        assert!(parse_source_spec("6.12.1=x").is_err());
+        assert!(parse_source_spec("foo").is_err());
+    }
+}
