@@ -98,7 +98,7 @@ pub fn phases_of(
             .rev()
             .find_map(|i| stamp(console, &guest::marker(i, "end")))
     });
-    let steps: f64 = step_secs.iter().sum();
+    let steps: f64 = step_secs.iter().fold(0.0, |a, b| a + b);
     let (prologue, protocol, end_of_work) = match (first, last) {
         (Some(f), Some(l)) => (f - script, (l - f - steps).max(0.0), l),
         _ => (0.0, 0.0, script),

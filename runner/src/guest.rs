@@ -125,6 +125,7 @@ pub fn render_script(
     b: usize,
     results: &Path,
     carried: &BTreeMap<String, String>,
+    tools: ToolFacts,
 ) -> String {
     let boot: &Boot = &case.boots[b];
     let r = boot_dir(results, b);
@@ -139,7 +140,7 @@ pub fn render_script(
         sh_quote(&r.to_string())
     );
     s.push_str(PROLOGUE);
-    if b == 0 {
+    if b == 0 && tools == ToolFacts::InGuest {
         s.push_str(TOOL_VERSIONS);
     }
     for d in &case.disks {
@@ -222,7 +223,9 @@ dmt_end() { dmesg > "$R/dmesg" 2>&1; : > "$R/done"; sync; }
 dmt_abort() { printf '%s\n' "$2" > "$1/abort"; echo "$dmt_st" > "$1/status"; dmt_end; exit 0; }
 dmt_disk() {
   for dmt_b in /sys/block/*; do
-    [ "$(cat "$dmt_b/serial" 2>/dev/null)" = "$1" ] && { echo "/dev/${dmt_b##*/}"; return 0; }
+    # (a serial has no trailing newline: `read` then fails but still sets the variable)
+    dmt_s=; read -r dmt_s < "$dmt_b/serial" 2>/dev/null
+    [ "$dmt_s" = "$1" ] && { echo "/dev/${dmt_b##*/}"; return 0; }
   done
   return 1
 }
@@ -232,7 +235,6 @@ dmt_klog() { dmesg | sed -n "/dmt: step-$2 begin\$/,/dmt: step-$2 end\$/p" > "$1
 # markers; record stdout, stderr and the uptime before and after; the status is written last
 # by the caller, once the step's expectations are checked.
 dmt_run() {
-  mkdir -p "$1"
   read -r dmt_t0 dmt_x < /proc/uptime
   echo "dmt: step-$2 begin" >> "$DMT_KMSG"
   timeout -k 5 "$3" bash -e -o pipefail "$1/cmd.sh" > "$1/stdout" 2> "$1/stderr" < /dev/null
@@ -248,6 +250,32 @@ dmsetup targets > "$R/facts/targets" 2>&1
 grep -q '^cache ' "$R/facts/targets" || dmt_fail "kernel has no dm-cache target (dmsetup targets: $(tr '\n' ' ' < "$R/facts/targets"))"
 command -v bash >/dev/null || dmt_fail "the guest has no bash (steps run in bash with pipefail)"
 "#;
+
+/// Where the versions of the guest's tools are read (once per run: every boot sees the same
+/// root).  The same snippet runs in the guest (an image root) or on the host (the guest sees
+/// the host's root, so its tools are the host's), which spares every first boot ~2 s of
+/// process starts under TCG.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolFacts {
+    InGuest,
+    OnHost,
+}
+
+/// Records the tool versions into `facts/` of the boot dir `dir`, running the guest snippet on
+/// the host.
+fn host_tool_versions(dir: &Path) -> Result<()> {
+    let facts = dir.join("facts");
+    std::fs::create_dir_all(&facts)?;
+    let st = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(TOOL_VERSIONS)
+        .env("R", dir)
+        .stdin(std::process::Stdio::null())
+        .status()
+        .context("cannot run sh for the tool versions")?;
+    anyhow::ensure!(st.success(), "reading the tool versions failed ({st})");
+    Ok(())
+}
 
 /// The guest's tool versions, recorded by the first boot (every boot sees the same root).
 const TOOL_VERSIONS: &str = r#"{
@@ -266,8 +294,12 @@ pub fn prepare_boot(
     b: usize,
     results: &Path,
     carried: &BTreeMap<String, String>,
+    tools: ToolFacts,
 ) -> Result<PathBuf> {
     let dir = boot_dir(results, b);
+    if b == 0 && tools == ToolFacts::OnHost {
+        host_tool_versions(&dir)?;
+    }
     for (i, step) in case.boots[b].steps.iter().enumerate() {
         if let Some(run) = step.command() {
             let sd = dir.join(step_dir_name(i));
@@ -279,7 +311,7 @@ pub fn prepare_boot(
     std::fs::create_dir_all(&dir)?;
     let script = dir.join("boot.sh");
     let guest = Path::new(GUEST_RESULTS);
-    std::fs::write(&script, render_script(case, b, guest, carried))?;
+    std::fs::write(&script, render_script(case, b, guest, carried, tools))?;
     Ok(boot_dir(guest, b).join("boot.sh"))
 }
 
@@ -504,7 +536,13 @@ boots:
     #[test]
     fn script_has_protocol_pieces() {
         let c = case::parse(CASE, "t").unwrap();
-        let s = render_script(&c, 0, Path::new("/res"), &BTreeMap::new());
+        let s = render_script(
+            &c,
+            0,
+            Path::new("/res"),
+            &BTreeMap::new(),
+            ToolFacts::InGuest,
+        );
         assert!(s.contains("R='/res/boot-1'"));
         assert!(s.contains("DISK_sdc=$(dmt_disk sdc)"));
         assert!(s.contains(r#"[ "$v" = 'it'\''s' ]"#), "{s}");
@@ -514,7 +552,7 @@ boots:
         assert!(s.contains("bash -e -o pipefail"), "{s}");
         let mut carried = BTreeMap::new();
         carried.insert("v".to_string(), "x y".to_string());
-        let s2 = render_script(&c, 1, Path::new("/res"), &carried);
+        let s2 = render_script(&c, 1, Path::new("/res"), &carried, ToolFacts::InGuest);
         assert!(s2.contains("v='x y'; export v"));
         assert!(s2.contains(r#"if [ "$dmt_st" -ne 0 ] && grep -qF -e 'can'\''t' "$R/step-1/dmesg"; then pt='refused: x'"#), "{s2}");
         assert!(
@@ -530,7 +568,7 @@ boots:
         let c = case::parse(CASE, "t").unwrap();
         let mut carried = BTreeMap::new();
         carried.insert("v".to_string(), "x".to_string());
-        let s = render_script(&c, 1, Path::new("/res"), &carried);
+        let s = render_script(&c, 1, Path::new("/res"), &carried, ToolFacts::InGuest);
         let assign = regex::Regex::new(r"(?m)(?:^|[;\s(])([a-z][a-z0-9_]*)=").unwrap();
         let reads = regex::Regex::new(r"\bread -r ((?:[a-z][a-z0-9_]* ?)+)").unwrap();
         let mut names: Vec<String> = assign.captures_iter(&s).map(|m| m[1].to_string()).collect();
@@ -573,7 +611,7 @@ boots:
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
-        prepare_boot(c, b, res, carried).unwrap();
+        prepare_boot(c, b, res, carried, ToolFacts::OnHost).unwrap();
         let script = boot_dir(res, b).join("boot.sh");
         let text = std::fs::read_to_string(&script)
             .unwrap()

@@ -72,9 +72,6 @@ enum Cmd {
         /// Also time bare boots of this kernel (e.g. the Debian kernel vs a minimal build).
         #[arg(long)]
         compare: Option<String>,
-        /// Write the phases of every boot as JSON.
-        #[arg(long)]
-        json: Option<PathBuf>,
         #[command(flatten)]
         args: RunArgs,
     },
@@ -291,7 +288,6 @@ fn dispatch(cli: Cli) -> Result<i32> {
             name,
             runs,
             compare,
-            json,
             args,
         } => {
             let case = case::load(&case::find(&name)?)?;
@@ -306,8 +302,8 @@ fn dispatch(cli: Cli) -> Result<i32> {
             p.finish();
             let r = r?;
             print!("{}", dmcache_vmtest::bench::render(&r));
-            if let Some(path) = json {
-                std::fs::write(&path, serde_json::to_string_pretty(&r)?)
+            if let Some(path) = &args.json {
+                std::fs::write(path, serde_json::to_string_pretty(&r)?)
                     .with_context(|| format!("cannot write {}", path.display()))?;
             }
             if let Some(other) = compare {

@@ -362,7 +362,12 @@ fn run_boot(
     loop {
         let bdir = guest::boot_dir(results, b);
         let _ = std::fs::remove_dir_all(&bdir);
-        let script = guest::prepare_boot(case, b, results, carried)?;
+        let tools = if opts.root.is_some() {
+            guest::ToolFacts::InGuest
+        } else {
+            guest::ToolFacts::OnHost
+        };
+        let script = guest::prepare_boot(case, b, results, carried, tools)?;
         let disks = case
             .disks
             .iter()

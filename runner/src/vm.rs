@@ -61,7 +61,48 @@ fn accel_args(accel: Accel) -> Vec<String> {
     }
 }
 
-/// PC machine (not microvm) so virtio-blk-pci is always there; verbose = kernel console on stderr.
+/// Drivers of the VM's own virtual hardware (QEMU q35 with `-cpu max`: its AHCI controller and
+/// CD-ROM, ICH9 chipset, watchdogs, PC speaker, PS/2 mouse, the emulated CPU's crypto and
+/// virtualization extensions) that no case uses.  udev's coldplug would load each of them at
+/// every boot — from xz-compressed modules over 9p, under TCG: measured here 8.7 s of udev
+/// coldplug with them, 3.4 s without, on Debian's 6.12.  Kernels with these built in are not
+/// affected.
+pub const UNUSED_DRIVERS: &[&str] = &[
+    "ahci",
+    "libahci",
+    "sr_mod",
+    "cdrom",
+    "sg",
+    "lpc_ich",
+    "i2c_i801",
+    "i2c_smbus",
+    "iTCO_wdt",
+    "iTCO_vendor_support",
+    "intel_pmc_bxt",
+    "i6300esb",
+    "pcspkr",
+    "psmouse",
+    "serio_raw",
+    "evdev",
+    "button",
+    "qemu_fw_cfg",
+    "kvm",
+    "kvm_amd",
+    "kvm_intel",
+    "ccp",
+    "aesni_intel",
+    "crypto_simd",
+    "cryptd",
+    "ghash_clmulni_intel",
+    "crct10dif_pclmul",
+    "crc32_pclmul",
+    "sha1_ssse3",
+    "sha256_ssse3",
+    "sha512_ssse3",
+];
+
+/// PC machine (not microvm) so virtio-blk-pci is always there; verbose = kernel console on
+/// stderr; udev may not load [`UNUSED_DRIVERS`].
 fn machine_args(memory: &str, cpus: u32) -> Vec<String> {
     vec![
         "--disable-microvm".into(),
@@ -70,6 +111,8 @@ fn machine_args(memory: &str, cpus: u32) -> Vec<String> {
         memory.into(),
         "--cpus".into(),
         cpus.to_string(),
+        "--append".into(),
+        format!("modprobe.blacklist={}", UNUSED_DRIVERS.join(",")),
     ]
 }
 
@@ -405,7 +448,7 @@ pub struct Launched {
 }
 
 /// Runs one boot: `vng` in its own process group, stdout/stderr to log files in `log_dir`
-/// (`<tag>.console.log` holds the kernel console).  `tick` is called ~5×/s while it runs.
+/// (`<tag>.console.log` holds the kernel console).  `tick` is called ~20×/s while it runs.
 pub fn launch(
     cfg: &VmConfig,
     log_dir: &Path,
@@ -464,10 +507,12 @@ pub fn launch(
             break ProcessEnd::Timeout;
         }
         tick();
+        // Fine-grained until the console starts (the host phase is measured by it), then 20
+        // times a second: the end of a boot is noticed within 50 ms.
         std::thread::sleep(Duration::from_millis(if first_output.is_none() {
             20
         } else {
-            200
+            50
         }));
     };
     // vng may leave QEMU children behind in the group; never leave a stray VM.
