@@ -104,6 +104,10 @@ enum Cmd {
         /// Copy every run's console logs and results (not the disks) under DIR.
         #[arg(long)]
         logs: Option<PathBuf>,
+        /// Print the matrix's kernel names as a JSON array and run nothing (the GitHub
+        /// workflow's job list comes from this).
+        #[arg(long)]
+        list_kernels: bool,
     },
     /// Pinned guest userspace images (images/*.yaml).
     Image {
@@ -337,8 +341,13 @@ fn dispatch(cli: Cli) -> Result<i32> {
             only,
             logs,
             image,
+            list_kernels,
         } => {
             let mut m = dmcache_vmtest::matrix::load(&file)?;
+            if list_kernels {
+                println!("{}", serde_json::to_string(&m.kernel_names())?);
+                return Ok(0);
+            }
             if !only.is_empty() {
                 m = m.only(&only)?;
             }

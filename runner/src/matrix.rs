@@ -30,6 +30,13 @@ pub struct Matrix {
     pub pairs: Vec<Pair>,
 }
 
+impl Matrix {
+    /// The kernels' names, in the file's (sorted) order: one GitHub job each.
+    pub fn kernel_names(&self) -> Vec<&str> {
+        self.kernels.keys().map(String::as_str).collect()
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KernelEntry {

