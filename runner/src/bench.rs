@@ -162,7 +162,7 @@ pub fn bare_boots(
             tmp.path(),
             &format!("bare-{i}"),
             Duration::from_secs(300),
-            &mut || {},
+            &mut || false,
         )?;
         if l.end == vm::ProcessEnd::Interrupted {
             bail!("interrupted during bare boot {} of {}", i + 1, kernel.spec);

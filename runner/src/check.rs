@@ -293,8 +293,12 @@ pub fn evaluate(case: &Case, run: &CaseRun) -> Verdict {
             BootEnd::Exited | BootEnd::Reset => {}
         }
         for s in &out.scan.splats {
+            let during = crate::console::step_of(&out.console, s)
+                .and_then(|i| boot.steps.get(i).map(|st| (i, st)))
+                .map(|(i, st)| format!(" during step {} `{}`", i + 1, st.label()))
+                .unwrap_or_default();
             failures.push(Failure {
-                what: format!("boot {} `{}`: kernel splat: {s}", b + 1, boot.name),
+                what: format!("boot {} `{}`: kernel splat{during}: {s}", b + 1, boot.name),
                 detail: crate::console::context(&out.console, s, 2, 12),
             });
         }

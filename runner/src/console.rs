@@ -27,7 +27,40 @@ const SPLATS: &[&str] = &[
     "UBSAN:",
     "KASAN:",
     "possible circular locking dependency",
+    "blocked for more than",
 ];
+
+/// The first splat in `log` — an oops, BUG, panic, KASAN report, hung task (not a WARNING,
+/// after which a kernel goes on): after one, a boot rarely gets anywhere, so the runner
+/// stops the VM a little later instead of waiting for the timeout.
+pub fn fatal_splat(log: &str) -> Option<&str> {
+    log.lines().map(strip_ts).find(|l| {
+        (SPLATS.iter().any(|p| l.contains(p))
+            && !l.contains("WARNING: CPU:")
+            && !l.contains("Call Trace:"))
+            || l.contains("Kernel panic - not syncing")
+    })
+}
+
+/// The step (0-based) whose begin marker is the last one before the first line containing
+/// `needle`: the step during which the kernel printed it.
+pub fn step_of(log: &str, needle: &str) -> Option<usize> {
+    let mut step = None;
+    for l in log.lines() {
+        if l.contains(needle) {
+            return step;
+        }
+        if let Some(rest) = strip_ts(l).strip_prefix("dmt: step-") {
+            if let Some(k) = rest
+                .strip_suffix(" begin")
+                .and_then(|k| k.trim().parse::<usize>().ok())
+            {
+                step = k.checked_sub(1);
+            }
+        }
+    }
+    None
+}
 
 /// Strips the `[    1.234567] ` timestamp.
 pub fn strip_ts(line: &str) -> &str {
@@ -82,6 +115,28 @@ pub fn context(log: &str, needle: &str, before: usize, after: usize) -> Vec<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const OOPS: &str = "[ 12.5] dmt: step-9 end
+[ 12.6] dmt: step-10 begin
+[ 14.7] WARNING: CPU: 0 PID: 1 at x
+[ 14.8] BUG: kernel NULL pointer dereference, address: 0000000000000028
+[ 14.9] Oops: Oops: 0000 [#1] SMP NOPTI
+";
+
+    #[test]
+    fn fatal_splats_and_their_step() {
+        assert_eq!(
+            fatal_splat(OOPS),
+            Some("BUG: kernel NULL pointer dereference, address: 0000000000000028")
+        );
+        assert_eq!(fatal_splat("[ 1.0] WARNING: CPU: 0 PID: 1 at x\n"), None);
+        assert_eq!(
+            fatal_splat("[ 1.0] INFO: task dmsetup:99 blocked for more than 120 seconds.\n"),
+            Some("INFO: task dmsetup:99 blocked for more than 120 seconds.")
+        );
+        assert_eq!(step_of(OOPS, "BUG: kernel NULL"), Some(9));
+        assert_eq!(step_of("[ 1.0] BUG: x\n", "BUG: x"), None);
+    }
 
     #[test]
     fn finds_reset_and_dm_lines() {

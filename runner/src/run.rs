@@ -212,6 +212,14 @@ pub fn boot_end(
     if let Some(p) = &scan.panic {
         return BootEnd::Panic(p.clone());
     }
+    if process == ProcessEnd::Stopped {
+        return BootEnd::Died(format!(
+            "stopped by the runner {} s after a kernel splat, at step {}/{}",
+            SPLAT_GRACE.as_secs(),
+            rec.steps_finished(),
+            case.boots[b].steps.len()
+        ));
+    }
     if let Some(e) = &rec.error {
         return BootEnd::GuestError(e.clone());
     }
@@ -232,6 +240,40 @@ pub fn boot_end(
         rec.steps_finished(),
         case.boots[b].steps.len()
     ))
+}
+
+/// How long a guest may go on after a kernel oops, BUG, KASAN report or hung task before the
+/// runner stops it: the verdict is a FAIL already, and such a guest usually hangs until the
+/// boot's timeout (seen: Debian 6.16's `dmsetup remove` stuck after a NULL dereference in the
+/// passthrough write path).
+pub const SPLAT_GRACE: Duration = Duration::from_secs(20);
+
+/// Watches a growing console log for a fatal splat, reading it about once a second.
+#[derive(Default)]
+struct SplatWatch {
+    checked: Option<Instant>,
+    seen: Option<Instant>,
+}
+
+impl SplatWatch {
+    /// True once a fatal splat was seen [`SPLAT_GRACE`] ago.
+    fn expired(&mut self, console: &Path) -> bool {
+        if let Some(t) = self.seen {
+            return t.elapsed() >= SPLAT_GRACE;
+        }
+        if self
+            .checked
+            .is_some_and(|c| c.elapsed() < Duration::from_secs(1))
+        {
+            return false;
+        }
+        self.checked = Some(Instant::now());
+        let log = std::fs::read_to_string(console).unwrap_or_default();
+        if console::fatal_splat(&log).is_some() {
+            self.seen = Some(Instant::now());
+        }
+        false
+    }
 }
 
 /// Creates the work dir: `disks/*.img` (sparse), `results/`, `logs/`.
@@ -388,7 +430,13 @@ fn run_boot(
             attempt,
         });
         let mut last_step = usize::MAX;
+        let tag = format!("boot-{}-try-{attempt}", b + 1);
+        let console_path = vm::console_log_path(logs, &tag);
+        let mut splat_watch = SplatWatch::default();
         let mut tick = || {
+            if splat_watch.expired(&console_path) {
+                return true;
+            }
             let done = guest::steps_finished(&bdir, nsteps);
             if done != last_step && done < nsteps && guest::boot_started(&bdir) {
                 last_step = done;
@@ -399,8 +447,8 @@ fn run_boot(
                     label: boot.steps[done].label(),
                 });
             }
+            false
         };
-        let tag = format!("boot-{}-try-{attempt}", b + 1);
         let launched = vm::launch(&cfg, logs, &tag, opts.timeout, &mut tick)?;
         let console = std::fs::read_to_string(&launched.console_log).unwrap_or_default();
         let scan = console::scan(&console);
@@ -533,6 +581,16 @@ boots:
             ),
             BootEnd::Exited
         );
+    }
+
+    #[test]
+    fn stopped_after_a_splat_is_a_died_boot() {
+        let c = crate::case::parse(CASE, "t").unwrap();
+        let oops = scan("[ 1.0] Linux version 6.16\n[ 9.0] BUG: kernel NULL pointer dereference\n");
+        assert!(matches!(
+            boot_end(&c, 1, &rec(true, 0, false, false), &oops, ProcessEnd::Stopped),
+            BootEnd::Died(m) if m.contains("after a kernel splat")
+        ));
     }
 
     #[test]

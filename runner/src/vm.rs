@@ -437,6 +437,9 @@ pub enum ProcessEnd {
     Signaled,
     Timeout,
     Interrupted,
+    /// The caller's `tick` asked to stop the VM (e.g. a kernel oops was seen and the guest
+    /// had its grace period).
+    Stopped,
 }
 
 /// One finished boot, as the host saw the process.
@@ -451,16 +454,21 @@ pub struct Launched {
     pub stdout_log: PathBuf,
 }
 
+/// Where [`launch`] writes the console of the boot `tag`.
+pub fn console_log_path(log_dir: &Path, tag: &str) -> PathBuf {
+    log_dir.join(format!("{tag}.console.log"))
+}
+
 /// Runs one boot: `vng` in its own process group, stdout/stderr to log files in `log_dir`
-/// (`<tag>.console.log` holds the kernel console).  `tick` is called ~20×/s while it runs.
+/// (`<tag>.console.log` holds the kernel console).  `tick` is called ~20×/s while it runs; when it returns true the VM is stopped.
 pub fn launch(
     cfg: &VmConfig,
     log_dir: &Path,
     tag: &str,
     timeout: Duration,
-    tick: &mut dyn FnMut(),
+    tick: &mut dyn FnMut() -> bool,
 ) -> Result<Launched> {
-    let console_log = log_dir.join(format!("{tag}.console.log"));
+    let console_log = console_log_path(log_dir, tag);
     let stdout_log = log_dir.join(format!("{tag}.stdout.log"));
     let console = std::fs::File::create(&console_log)
         .with_context(|| format!("cannot create {}", console_log.display()))?;
@@ -510,7 +518,10 @@ pub fn launch(
             vm.stop(STOP_GRACE);
             break ProcessEnd::Timeout;
         }
-        tick();
+        if tick() {
+            vm.stop(STOP_GRACE);
+            break ProcessEnd::Stopped;
+        }
         // Fine-grained until the console starts (the host phase is measured by it), then 20
         // times a second: the end of a boot is noticed within 50 ms.
         std::thread::sleep(Duration::from_millis(if first_output.is_none() {
