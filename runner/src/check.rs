@@ -4,7 +4,7 @@
 
 use crate::case::{Assertion, Case, KernelFacts, StepKind};
 use crate::guest::BootRecord;
-use crate::replay::{self, StepState};
+use crate::replay::{self, tail, StepState};
 use crate::run::{BootEnd, CaseRun};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -82,14 +82,6 @@ pub struct Verdict {
     pub boots: Vec<BootSummary>,
     pub seconds: f64,
     pub workdir: Option<String>,
-}
-
-fn tail(s: &str, n: usize) -> Vec<String> {
-    let v: Vec<&str> = s.lines().collect();
-    v[v.len().saturating_sub(n)..]
-        .iter()
-        .map(|l| l.to_string())
-        .collect()
 }
 
 fn assertion_text(a: &Assertion) -> String {

@@ -82,7 +82,8 @@ pub fn matches(re: &str, text: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn tail(s: &str, n: usize) -> Vec<String> {
+/// The last `n` lines of `s` (evidence for a failure).
+pub fn tail(s: &str, n: usize) -> Vec<String> {
     let v: Vec<&str> = s.lines().collect();
     v[v.len().saturating_sub(n)..]
         .iter()
