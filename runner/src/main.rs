@@ -27,15 +27,22 @@ struct RunArgs {
     /// `build:SRC[,PATCH…]`.
     #[arg(long, env = "DMCACHE_VMTEST_KERNEL", default_value = kernel::DEFAULT_SPEC)]
     kernel: String,
+    /// Write the verdict as JSON to FILE.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[command(flatten)]
+    vm: VmArgs,
+}
+
+/// How each VM of a run is set up (`case`, `bench`, `bisect`).
+#[derive(clap::Args, Clone)]
+struct VmArgs {
     /// Keep disk images, results and console logs, and print where.
     #[arg(long)]
     keep: bool,
     /// Per-boot timeout in seconds.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
-    /// Write the verdict as JSON to FILE.
-    #[arg(long)]
-    json: Option<PathBuf>,
     /// Guest memory (QEMU syntax), overrides the case.
     #[arg(long)]
     memory: Option<String>,
@@ -126,19 +133,8 @@ enum Cmd {
         /// Write the report (every run, the answer) as JSON to FILE.
         #[arg(long)]
         json: Option<PathBuf>,
-        /// Per-boot timeout in seconds.
-        #[arg(long, default_value_t = 600)]
-        timeout: u64,
-        #[arg(long)]
-        memory: Option<String>,
-        #[arg(long)]
-        cpus: Option<u32>,
-        /// Guest userspace image (see `image build`).
-        #[arg(long)]
-        image: Option<String>,
-        /// Keep every run's work dir.
-        #[arg(long)]
-        keep: bool,
+        #[command(flatten)]
+        vm: VmArgs,
     },
     /// Check host tools, QEMU, KVM and vng; say how to fix each gap.
     Doctor {
@@ -253,23 +249,8 @@ fn dispatch(cli: Cli) -> Result<i32> {
             name,
             kernels,
             json,
-            timeout,
-            memory,
-            cpus,
-            image,
-            keep,
-        } => {
-            let args = RunArgs {
-                kernel: String::new(),
-                keep,
-                timeout,
-                json: None,
-                memory,
-                cpus,
-                image,
-            };
-            cmd_bisect(&name, &kernels, json.as_deref(), &args)
-        }
+            vm,
+        } => cmd_bisect(&name, &kernels, json.as_deref(), &vm),
         Cmd::Kernel {
             cmd: KernelCmd::Fetch { spec },
         } => {
@@ -296,7 +277,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         } => {
             let case = case::load(&case::find(&name)?)?;
             let k = resolve_kernel(&args.kernel)?;
-            let opts = run_options(&k, &args)?;
+            let opts = run_options(&k, &args.vm)?;
             let p = report::Progress::new("bench");
             p.message(&format!(
                 "{runs} bare boots, then {} {runs} times",
@@ -312,7 +293,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             }
             if let Some(other) = compare {
                 let k2 = resolve_kernel(&other)?;
-                let mut o2 = run_options(&k2, &args)?;
+                let mut o2 = run_options(&k2, &args.vm)?;
                 o2.root = opts.root.clone();
                 let b2 = dmcache_vmtest::bench::bare_boots(&case, &k2, &o2, runs)?;
                 let med = |v: &[dmcache_vmtest::bench::Phases]| {
@@ -417,7 +398,7 @@ fn resolve_kernel(spec: &str) -> Result<kernel::Kernel> {
 }
 
 /// VM options from the flags; decides KVM or TCG (one notice on fallback).
-fn run_options(k: &kernel::Kernel, args: &RunArgs) -> Result<run::RunOptions> {
+fn run_options(k: &kernel::Kernel, args: &VmArgs) -> Result<run::RunOptions> {
     let (accel, notice) = vm::choose_accel(&k.image)?;
     if let Some(n) = notice {
         eprintln!("note: {n}");
@@ -439,7 +420,7 @@ fn cmd_case(name: &str, args: &RunArgs, verbose: bool) -> Result<i32> {
     let path = case::find(name)?;
     let case = case::load(&path)?;
     let k = resolve_kernel(&args.kernel)?;
-    let opts = run_options(&k, args)?;
+    let opts = run_options(&k, &args.vm)?;
     let mut progress = report::Progress::new(&case.name);
     let outcome = run::run_case(&case, &k, &opts, &mut |e| progress.event(e));
     progress.finish();
@@ -531,7 +512,7 @@ fn cmd_bisect(
     name: &str,
     kernels: &str,
     json: Option<&std::path::Path>,
-    args: &RunArgs,
+    vm_args: &VmArgs,
 ) -> Result<i32> {
     let case = case::load(&case::find(name)?)?;
     let specs = match bisect::parse_kernels(kernels)? {
@@ -562,12 +543,8 @@ fn cmd_bisect(
     }
     eprintln!("{} kernels: {}", specs.len(), specs.join(" "));
     let mut runner = |spec: &str| -> Result<bisect::Outcome> {
-        let a = RunArgs {
-            kernel: spec.to_string(),
-            ..args.clone()
-        };
         let k = resolve_kernel(spec)?;
-        let opts = run_options(&k, &a)?;
+        let opts = run_options(&k, vm_args)?;
         let mut progress = report::Progress::new(&format!("{} on {spec}", case.name));
         let outcome = run::run_case(&case, &k, &opts, &mut |e| progress.event(e));
         progress.finish();
