@@ -279,7 +279,7 @@ fn host_tool_versions(dir: &Path) -> Result<()> {
 
 /// The guest's tool versions, recorded by the first boot (every boot sees the same root).
 const TOOL_VERSIONS: &str = r#"{
-  echo "dmsetup: $(dmsetup --version 2>&1 | head -1)"
+  echo "dmsetup: $(dmsetup --version 2>/dev/null | head -1)"
   echo "fio: $(fio --version 2>&1 | head -1)"
   echo "cache_check: $(cache_check -V 2>&1 | head -1)"
   echo "coreutils: $(md5sum --version 2>&1 | head -1)"
