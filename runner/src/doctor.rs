@@ -450,21 +450,10 @@ fn kvm_finding(kernel_spec: &str) -> Finding {
     }
 }
 
-/// A `debian:` kernel that is already unpacked in the cache.
+/// A `debian:` kernel that is already unpacked in the cache (the newest in dpkg order: the
+/// debian module's lookup, not a second one).
 fn cached_debian(spec: &str) -> Option<kernel::KernelSpec> {
-    let v = spec.strip_prefix("debian:")?;
-    let root = crate::cache::dir("kernels");
-    let mut dirs: Vec<_> = std::fs::read_dir(&root)
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.join(".complete").exists()
-                && p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with(&format!("debian-{v}")))
-        })
-        .collect();
-    dirs.sort();
-    dirs.pop().map(kernel::KernelSpec::Dir)
+    crate::debian::newest_cached(spec.strip_prefix("debian:")?).map(kernel::KernelSpec::Dir)
 }
 
 #[cfg(test)]
