@@ -13,7 +13,9 @@
 //!     verdict: pass                  # pass | fail
 //!     classify: { passthrough: "refused: unclean shutdown (can_resume)" }
 //!     cache_target: 2.4.0            # optional
-//!     failure: data loss             # optional: text a failure of the verdict must contain
+//!     failure: data loss             # optional: text a failure of the verdict must contain,
+//!                                    # or a list of alternatives (any one must be there):
+//!                                    # failure: [kernel splat, data loss]
 //! ```
 
 use crate::case::{self, CaseError};
@@ -63,8 +65,28 @@ pub struct Pair {
     pub classify: BTreeMap<String, String>,
     #[serde(default)]
     pub cache_target: Option<String>,
-    #[serde(default)]
-    pub failure: Option<String>,
+    /// Texts of which at least one failure of the verdict must contain one (empty: no demand).
+    #[serde(
+        default,
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub failure: Vec<String>,
+}
+
+/// `failure: data loss` or `failure: [kernel splat, data loss]`: a racy kernel may show its
+/// defect in more than one measured way, and the pair names each way it was seen.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 impl Pair {
@@ -181,10 +203,16 @@ pub fn judge(pair: &Pair, v: &Verdict) -> Vec<String> {
             out.push(format!("cache target: expected {t}, got {got}"));
         }
     }
-    if let Some(f) = &pair.failure {
-        if !v.failures.iter().any(|x| x.what.contains(f.as_str())) {
-            out.push(format!("expected a failure mentioning `{f}`"));
-        }
+    let seen = |f: &String| v.failures.iter().any(|x| x.what.contains(f.as_str()));
+    if !pair.failure.is_empty() && !pair.failure.iter().any(seen) {
+        out.push(format!(
+            "expected a failure mentioning {}",
+            pair.failure
+                .iter()
+                .map(|f| format!("`{f}`"))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        ));
     }
     out
 }
@@ -509,7 +537,7 @@ pairs:
         let mut neg = p.clone();
         neg.verdict = VerdictExpect::Fail;
         neg.classify.insert("passthrough".into(), "accepted".into());
-        neg.failure = Some("data loss".into());
+        neg.failure = vec!["data loss".into()];
         neg.cache_target = Some("2.3.0".into());
         assert!(judge(&neg, &verdict(Status::Fail, "accepted", &["data loss: x"])).is_empty());
         assert_eq!(
@@ -525,6 +553,29 @@ pairs:
             ),
         );
         assert_eq!(infra, vec!["could not run: boot 1: never started"]);
+    }
+
+    #[test]
+    fn failure_alternatives_need_one_of_them() {
+        let text = M.replace(
+            "    verdict: pass",
+            "    verdict: fail\n    failure: [kernel splat, data loss]",
+        );
+        let m = parse(&text, "m.yaml").unwrap();
+        let p = &m.pairs[0];
+        assert_eq!(p.failure, vec!["kernel splat", "data loss"]);
+        let v = |f: &str| verdict(Status::Fail, "refused: dirty mapping", &[f]);
+        assert!(judge(p, &v("data loss: tail lost")).is_empty());
+        assert!(judge(p, &v("kernel splat in step 10")).is_empty());
+        assert_eq!(
+            judge(p, &v("hang")),
+            vec!["expected a failure mentioning `kernel splat` or `data loss`"]
+        );
+        let one = parse(
+            &M.replace("    verdict: pass", "    verdict: fail\n    failure: hang"),
+            "m.yaml",
+        );
+        assert_eq!(one.unwrap().pairs[0].failure, vec!["hang"]);
     }
 
     #[test]
