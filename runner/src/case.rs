@@ -123,6 +123,11 @@ pub struct VmSpec {
     pub memory: Option<String>,
     #[serde(default)]
     pub cpus: Option<u32>,
+    /// Run udev in the guest (coldplug, rules, `/dev/disk/by-*`, dm udev sync).  Off by
+    /// default: nothing in a dm-cache case needs it, it costs seconds per boot under TCG, and its
+    /// probing of our devices can itself change a cache (it promoted an origin block once).
+    #[serde(default)]
+    pub udev: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

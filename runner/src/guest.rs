@@ -243,9 +243,12 @@ dmt_run() {
   read -r dmt_t1 dmt_x < /proc/uptime
   echo "$dmt_t0 $dmt_t1" > "$1/time"
 }
+# Without udev (the default) libdevmapper must make the /dev/mapper nodes itself, and the
+# disks' driver is loaded here (udev's coldplug would have done it).
+[ -e /run/udev/control ] || { DM_DISABLE_UDEV=1; export DM_DISABLE_UDEV; }
 mkdir -p "$R/facts"
 uname -r > "$R/facts/release"
-modprobe -qa dm-mod dm-cache dm-cache-smq dm-cache-cleaner 2>/dev/null
+modprobe -qa virtio_blk dm-mod dm-cache dm-cache-smq dm-cache-cleaner 2>/dev/null
 dmsetup targets > "$R/facts/targets" 2>&1
 grep -q '^cache ' "$R/facts/targets" || dmt_fail "kernel has no dm-cache target (dmsetup targets: $(tr '\n' ' ' < "$R/facts/targets"))"
 command -v bash >/dev/null || dmt_fail "the guest has no bash (steps run in bash with pipefail)"

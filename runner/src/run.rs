@@ -168,6 +168,7 @@ pub fn vm_config(
         accel: opts.accel,
         root: opts.root.clone(),
         modules: kernel.release.clone().zip(kernel.modules.clone()),
+        udev: case.vm.udev,
     }
 }
 

@@ -48,6 +48,8 @@ pub struct VmConfig {
     /// (release, host dir) of the kernel's modules, mounted read-only at
     /// `/lib/modules/<release>` when the guest root is an image.
     pub modules: Option<(String, PathBuf)>,
+    /// Let the guest start udev (the case's `vm: { udev: true }`); see [`launch_command`].
+    pub udev: bool,
 }
 
 fn kernel_args(kernel: &Path) -> Vec<String> {
@@ -171,6 +173,46 @@ pub fn vng_args(cfg: &VmConfig) -> Vec<String> {
     a.push("--exec".into());
     a.push(cfg.exec.clone());
     a
+}
+
+/// How a boot is started: `vng` itself, or — when the guest is to run without udev — `vng`
+/// under `unshare` in a private mount namespace whose view of the guest root has an empty
+/// tmpfs over `usr/lib/systemd`.  virtme-ng-init starts udev only if it finds
+/// `systemd-udevd` there (it has no switch for it), and QEMU's 9p server then exports that
+/// view.  Only the runner's own namespace changes: the host and other processes see nothing.
+/// Needs CAP_SYS_ADMIN: without root the guest keeps udev (slower, same verdicts).
+pub fn launch_command(cfg: &VmConfig, vng: &str, root_user: bool) -> (String, Vec<String>) {
+    let vng_cmd = vng_args(cfg);
+    if cfg.udev || !root_user {
+        return (vng.to_string(), vng_cmd);
+    }
+    let root = cfg.root.clone().unwrap_or_else(|| PathBuf::from("/"));
+    let hide = root.join("usr/lib/systemd");
+    let mut a: Vec<String> = [
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-c",
+        HIDE_UDEV_SH,
+        "dmcache-vmtest-no-udev",
+    ]
+    .map(String::from)
+    .to_vec();
+    a.push(hide.display().to_string());
+    a.push(vng.to_string());
+    a.extend(vng_cmd);
+    ("unshare".into(), a)
+}
+
+/// `$1` = the directory to cover, then the command to run in its place.
+const HIDE_UDEV_SH: &str =
+    r#"mount -t tmpfs -o ro,mode=0755,size=4k dmcache-vmtest-no-udev "$1" && shift && exec "$@""#;
+
+/// Whether this process may create a mount namespace (root).
+pub fn may_hide_udev() -> bool {
+    nix::unistd::geteuid().is_root()
 }
 
 /// QEMU arguments of the KVM probe: boot the kernel with no root; reaching the kernel's first
@@ -485,9 +527,10 @@ pub fn launch(
         });
     }
     // Owned from here on: every return below, `?` included, kills the whole group.
+    let (program, args) = launch_command(cfg, &vng_binary(), may_hide_udev());
     let mut vm = GroupGuard::spawn(
-        Command::new(vng_binary())
-            .args(vng_args(cfg))
+        Command::new(program)
+            .args(args)
             .current_dir("/")
             .stdin(Stdio::null())
             .stdout(stdout)
@@ -569,7 +612,29 @@ mod tests {
             accel: Accel::Tcg,
             root: None,
             modules: Some(("6.12".into(), "/k/lib/modules/6.12".into())),
+            udev: false,
         }
+    }
+
+    #[test]
+    fn udev_is_hidden_by_a_private_tmpfs_unless_asked_for() {
+        let (p, a) = launch_command(&cfg(), "vng", true);
+        assert_eq!(p, "unshare");
+        assert_eq!(&a[..4], &["--mount", "--propagation", "private", "--"]);
+        let at = a.iter().position(|x| x == "vng").unwrap();
+        assert_eq!(a[at - 1], "/usr/lib/systemd");
+        assert_eq!(&a[at + 1..], &vng_args(&cfg())[..]);
+        let mut img = cfg();
+        img.root = Some("/img/root".into());
+        let (_, a) = launch_command(&img, "vng", true);
+        assert!(a.contains(&"/img/root/usr/lib/systemd".to_string()));
+        let mut with = cfg();
+        with.udev = true;
+        assert_eq!(
+            launch_command(&with, "vng", true),
+            ("vng".into(), vng_args(&with))
+        );
+        assert_eq!(launch_command(&cfg(), "vng", false).0, "vng");
     }
 
     #[test]
