@@ -527,7 +527,14 @@ pub fn launch(
         });
     }
     // Owned from here on: every return below, `?` included, kills the whole group.
-    let (program, args) = launch_command(cfg, &vng_binary(), may_hide_udev());
+    let may_hide = may_hide_udev();
+    if !cfg.udev && !may_hide {
+        static NOTE: std::sync::Once = std::sync::Once::new();
+        NOTE.call_once(|| {
+            eprintln!("note: not root: the guest keeps udev (slower; a case that must run without it fails its `test ! -e /run/udev/control` step)");
+        });
+    }
+    let (program, args) = launch_command(cfg, &vng_binary(), may_hide);
     let mut vm = GroupGuard::spawn(
         Command::new(program)
             .args(args)
