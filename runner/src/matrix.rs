@@ -328,6 +328,9 @@ pub fn run(
         }
         ui(&format!("kernel {name}"), None);
         let prepared = (|| -> Result<_> {
+            if crate::vm::INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+                anyhow::bail!("interrupted");
+            }
             let spec = crate::kernel::KernelSpec::parse(&k.spec)?;
             let resolved = crate::kernel::resolve(&spec, &k.spec, &mut |msg| {
                 ui(&format!("kernel {name}: {msg}"), None)

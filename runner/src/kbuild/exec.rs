@@ -106,15 +106,19 @@ pub(super) fn run_logged(
         .stdout(f.try_clone()?)
         .stderr(f.try_clone()?);
     make_env(&mut cmd);
-    let mut child = cmd
-        .spawn()
+    // Owned: an interrupt or any early return kills make and every compiler it started.
+    let mut child = crate::vm::GroupGuard::spawn(&mut cmd)
         .with_context(|| format!("running {}", argv.join(" ")))?;
     let mut reader = fs::File::open(log)?;
     reader.seek(SeekFrom::Start(start))?;
     let mut pending = String::new();
     let mut last_shown = Instant::now() - Duration::from_secs(2);
     let status = loop {
-        let done = child.try_wait()?;
+        if crate::vm::INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+            child.stop(Duration::from_secs(2));
+            bail!("interrupted while running `{}`", argv.join(" "));
+        }
+        let done = child.exited()?;
         if show {
             let mut buf = Vec::new();
             reader.read_to_end(&mut buf)?;
@@ -138,10 +142,11 @@ pub(super) fn run_logged(
         }
         std::thread::sleep(Duration::from_millis(250));
     };
-    if !status.success() {
+    child.kill();
+    if status != crate::vm::LeaderEnd::Exited(0) {
         let text = fs::read_to_string(log).unwrap_or_default();
         bail!(
-            "`{}` failed ({status}); full log: {}\n--- last 30 lines ---\n{}",
+            "`{}` failed ({status:?}); full log: {}\n--- last 30 lines ---\n{}",
             argv.join(" "),
             log.display(),
             tail(&text, 30)
