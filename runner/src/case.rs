@@ -54,6 +54,35 @@ pub struct Case {
     /// matches applies.
     #[serde(default)]
     pub expect: Vec<ExpectRule>,
+    /// Fixture files (metadata XML for `cache_restore`, …): the guest finds each as
+    /// `$FILES/<name>`, rewritten before every boot.  Inline text, or `{ path: … }` relative to
+    /// the case file (read by [`load`]).
+    #[serde(default)]
+    pub files: BTreeMap<String, FileSource>,
+}
+
+/// The text of a fixture file: inline, or a file beside the case.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum FileSource {
+    Text(String),
+    Path { path: String },
+}
+
+impl Case {
+    /// The fixture files' names and texts; an error names a `path:` fixture that was never
+    /// read (a case parsed from text, not loaded from its file).
+    pub fn file_texts(&self) -> Result<Vec<(&str, &str)>> {
+        self.files
+            .iter()
+            .map(|(n, f)| match f {
+                FileSource::Text(t) => Ok((n.as_str(), t.as_str())),
+                FileSource::Path { path } => {
+                    anyhow::bail!("files.{n}: `{path}` was not read (load the case from its file)")
+                }
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -763,7 +792,22 @@ fn locate_step_error(text: &str, file: &str) -> Option<CaseError> {
 pub fn load(path: &Path) -> Result<Case> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read case file {}", path.display()))?;
-    Ok(parse(&text, &path.display().to_string())?)
+    let mut case = parse(&text, &path.display().to_string())?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    for (name, f) in case.files.iter_mut() {
+        if let FileSource::Path { path: rel } = f {
+            let p = dir.join(&*rel);
+            let t = std::fs::read_to_string(&p).with_context(|| {
+                format!(
+                    "{}: files.{name}: cannot read {}",
+                    path.display(),
+                    p.display()
+                )
+            })?;
+            *f = FileSource::Text(t);
+        }
+    }
+    Ok(case)
 }
 
 /// The `cases/` directory of this checkout (or `$DMCACHE_VMTEST_CASES`).
@@ -980,6 +1024,26 @@ impl Case {
             }
             disk_names.push(&d.name);
         }
+        for (n, f) in &self.files {
+            let ok = n.len() <= 64
+                && n.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+            if !ok {
+                return err(
+                    vec![Key("files"), Name(n.clone())],
+                    format!("file name `{n}`: use up to 64 letters, digits, `.`, `_` or `-`, starting with a letter or digit"),
+                );
+            }
+            if let FileSource::Path { path } = f {
+                if Path::new(path).is_absolute() || path.split('/').any(|c| c == "..") {
+                    return err(
+                        vec![Key("files"), Name(n.clone()), Key("path")],
+                        format!("`{path}` must be relative to the case file, without `..`"),
+                    );
+                }
+            }
+        }
         if self.boots.is_empty() {
             return err(vec![Key("boots")], "at least one boot".into());
         }
@@ -1181,6 +1245,48 @@ expect:
 
     fn err_of(text: &str) -> String {
         parse(text, "bad.yaml").unwrap_err().to_string()
+    }
+
+    const FILES: &str =
+        "files:\n  a.xml: |\n    <superblock/>\n  b.xml: { path: fixtures/b.xml }\n";
+
+    #[test]
+    fn fixture_files_inline_or_beside_the_case() {
+        let c = parse(&format!("{GOOD}{FILES}"), "t.yaml").unwrap();
+        assert_eq!(c.files["a.xml"], FileSource::Text("<superblock/>\n".into()));
+        let e = c.file_texts().unwrap_err().to_string();
+        assert!(
+            e.contains("files.b.xml: `fixtures/b.xml` was not read"),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("fixtures")).unwrap();
+        std::fs::write(dir.path().join("fixtures/b.xml"), "<b/>").unwrap();
+        let f = dir.path().join("t.yaml");
+        std::fs::write(&f, format!("{GOOD}{FILES}")).unwrap();
+        let c = load(&f).unwrap();
+        assert_eq!(
+            c.file_texts().unwrap(),
+            vec![("a.xml", "<superblock/>\n"), ("b.xml", "<b/>")]
+        );
+        std::fs::remove_file(dir.path().join("fixtures/b.xml")).unwrap();
+        let e = format!("{:#}", load(&f).unwrap_err());
+        assert!(e.contains("files.b.xml: cannot read"), "{e}");
+    }
+
+    #[test]
+    fn fixture_names_and_paths_are_checked_where_written() {
+        let e = err_of(&format!("{GOOD}files:\n  ../x: hi\n"));
+        assert!(e.starts_with("bad.yaml:31:"), "{e}");
+        assert!(e.contains("files.../x: file name `../x`"), "{e}");
+        let e = err_of(&format!(
+            "{GOOD}files:\n  x: {{ path: ../../etc/passwd }}\n"
+        ));
+        assert!(e.starts_with("bad.yaml:31:"), "{e}");
+        assert!(
+            e.contains("must be relative to the case file, without `..`"),
+            "{e}"
+        );
     }
 
     #[test]
