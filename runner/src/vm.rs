@@ -103,6 +103,12 @@ pub const UNUSED_DRIVERS: &[&str] = &[
     "sha512_ssse3",
 ];
 
+/// Init functions of built-in drivers for the same unused hardware, skipped with
+/// `initcall_blacklist=`: the q35 AHCI controller (six SATA links probed, a CD-ROM), the
+/// PIIX IDE driver, the PS/2 controller.  The minimal built kernel has all three built in
+/// (Debian: i8042): measured 2.9 s → 2.5 s from kernel start to the guest's first command.
+pub const UNUSED_INITCALLS: &[&str] = &["ahci_pci_driver_init", "piix_init", "i8042_init"];
+
 /// PC machine (not microvm) so virtio-blk-pci is always there; verbose = kernel console on
 /// stderr; udev (in a case that asks for it) may not load [`UNUSED_DRIVERS`], and runs two
 /// workers, not one per event (measured: 3.0 s of coldplug instead of 3.4–4.8 s on one TCG
@@ -118,8 +124,9 @@ fn machine_args(memory: &str, cpus: u32) -> Vec<String> {
         cpus.to_string(),
         "--append".into(),
         format!(
-            "modprobe.blacklist={} udev.children_max=2 cryptomgr.notests",
-            UNUSED_DRIVERS.join(",")
+            "modprobe.blacklist={} initcall_blacklist={} udev.children_max=2 cryptomgr.notests",
+            UNUSED_DRIVERS.join(","),
+            UNUSED_INITCALLS.join(",")
         ),
     ]
 }
