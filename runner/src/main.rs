@@ -98,6 +98,10 @@ enum Cmd {
         summary: Option<PathBuf>,
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Backport coverage: kernels × cases, each cell what the kernel did and whether the
+        /// case's property held; Markdown to FILE, JSON to FILE with `.json` appended.
+        #[arg(long)]
+        coverage: Option<PathBuf>,
         #[arg(long)]
         keep: bool,
         #[arg(long, default_value_t = 600)]
@@ -317,6 +321,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             junit,
             summary,
             json,
+            coverage,
             keep,
             timeout,
             only,
@@ -357,6 +362,13 @@ fn dispatch(cli: Cli) -> Result<i32> {
             write(&junit, report::matrix_junit(&results))?;
             write(&summary, report::matrix_markdown(&results))?;
             write(&json, report::to_json(&results))?;
+            if let Some(p) = &coverage {
+                let c = report::coverage(&results);
+                write(&Some(p.clone()), report::coverage_markdown(&c))?;
+                let mut j = p.clone().into_os_string();
+                j.push(".json");
+                write(&Some(PathBuf::from(j)), report::to_json(&c))?;
+            }
             let n = results.len();
             let errored = results.iter().filter(|r| r.errored()).count();
             let bad = results.iter().filter(|r| !r.ok()).count();

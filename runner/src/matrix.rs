@@ -600,6 +600,67 @@ pairs:
     }
 
     #[test]
+    fn coverage_has_kernels_as_rows_and_cases_as_columns() {
+        let m = parse(M, "m.yaml").unwrap();
+        let result = |kernel: &str, case: &str, v: Verdict| {
+            let mut pair = m.pairs[0].clone();
+            pair.kernel = kernel.into();
+            pair.case = case.into();
+            let mismatches = vec![judge(&pair, &v)];
+            PairResult {
+                pair,
+                spec: format!("debian:{kernel}"),
+                runs: vec![v],
+                mismatches,
+                errors: vec![],
+            }
+        };
+        let rs = vec![
+            result(
+                "old",
+                "seed",
+                verdict(Status::Fail, "accepted", &["data loss: x"]),
+            ),
+            result(
+                "new",
+                "seed",
+                verdict(Status::Pass, "refused: dirty mapping", &[]),
+            ),
+            result(
+                "new",
+                "shrink",
+                verdict(Status::Pass, "refused: dirty mapping", &[]),
+            ),
+        ];
+        let c = crate::report::coverage(&rs);
+        assert_eq!(c.cases, vec!["seed", "shrink"]);
+        assert_eq!(
+            c.kernels
+                .iter()
+                .map(|k| k.kernel.as_str())
+                .collect::<Vec<_>>(),
+            vec!["new", "old"]
+        );
+        let old = &c.kernels[1].cells["seed"];
+        assert_eq!((old.verdict.as_str(), old.as_expected), ("fail", false));
+        assert_eq!(old.result, "accepted — data loss");
+        assert!(!c.kernels[1].cells.contains_key("shrink"));
+        let md = crate::report::coverage_markdown(&c);
+        assert!(
+            md.contains(
+                "| new | 6.12 | 2.3.0 | ✅ refused: dirty mapping | ✅ refused: dirty mapping |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("| old | 6.12 | 2.3.0 | ❌ accepted — data loss (!) | · |"),
+            "{md}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&crate::report::to_json(&c)).unwrap();
+        assert_eq!(json["kernels"][0]["cells"]["shrink"]["verdict"], "pass");
+    }
+
+    #[test]
     fn build_specs_are_anchored_at_the_matrix_file() {
         let d = Path::new("/repo");
         assert_eq!(

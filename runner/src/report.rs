@@ -4,6 +4,7 @@
 use crate::check::{Status, Verdict};
 use crate::run::{BootEnd, Event};
 use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -290,6 +291,124 @@ pub fn matrix_markdown(results: &[crate::matrix::PairResult]) -> String {
             let _ = writeln!(s, "- {line}");
         }
     }
+    s
+}
+
+/// The backport-coverage view of a matrix run: kernels as rows, cases as columns, each cell
+/// what the kernel did (its classification labels) and whether the case's property held.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Coverage {
+    pub cases: Vec<String>,
+    pub kernels: Vec<CoverageRow>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CoverageRow {
+    pub kernel: String,
+    pub spec: String,
+    pub release: Option<String>,
+    pub cache_target: Option<String>,
+    /// By case; a case the matrix does not pair with this kernel has no cell.
+    pub cells: BTreeMap<String, CoverageCell>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CoverageCell {
+    /// `pass` (the property holds: the fix is there in behaviour), `fail`, or `error`.
+    pub verdict: String,
+    /// The classification labels and, for a failure, what failed (first run).
+    pub result: String,
+    /// Whether this is what `matrix.yaml` expects of the pair (every run).
+    pub as_expected: bool,
+}
+
+/// Builds the coverage view; rows and columns in name order.
+pub fn coverage(results: &[crate::matrix::PairResult]) -> Coverage {
+    let mut cases: Vec<String> = results.iter().map(|r| r.pair.case.clone()).collect();
+    cases.sort();
+    cases.dedup();
+    let mut rows: BTreeMap<String, CoverageRow> = BTreeMap::new();
+    for r in results {
+        let v = r.runs.first();
+        let row = rows
+            .entry(r.pair.kernel.clone())
+            .or_insert_with(|| CoverageRow {
+                kernel: r.pair.kernel.clone(),
+                spec: r.spec.clone(),
+                release: None,
+                cache_target: None,
+                cells: BTreeMap::new(),
+            });
+        if let Some(v) = v {
+            row.release = row.release.clone().or_else(|| v.release.clone());
+            row.cache_target = row.cache_target.clone().or_else(|| v.cache_target.clone());
+        }
+        let verdict = match v.map(|v| v.status) {
+            _ if r.errored() => "error",
+            Some(Status::Pass) => "pass",
+            Some(Status::Fail) => "fail",
+            _ => "error",
+        };
+        let (result, _) = pair_cells(r);
+        let result = result
+            .trim_start_matches("PASS")
+            .trim_start_matches("FAIL")
+            .trim()
+            .to_string();
+        row.cells.insert(
+            r.pair.case.clone(),
+            CoverageCell {
+                verdict: verdict.into(),
+                result,
+                as_expected: r.ok(),
+            },
+        );
+    }
+    Coverage {
+        cases,
+        kernels: rows.into_values().collect(),
+    }
+}
+
+/// The coverage view as Markdown: ✅ the property held, ❌ it did not, ⚠️ no verdict; `(!)`
+/// marks a cell that differs from the matrix's expectation.
+pub fn coverage_markdown(c: &Coverage) -> String {
+    let mut s = format!(
+        "| kernel | release | target | {} |\n|---|---|---|{}\n",
+        c.cases
+            .iter()
+            .map(|k| format!("`{k}`"))
+            .collect::<Vec<_>>()
+            .join(" | "),
+        "---|".repeat(c.cases.len())
+    );
+    for row in &c.kernels {
+        let cells: Vec<String> = c
+            .cases
+            .iter()
+            .map(|case| match row.cells.get(case) {
+                None => "·".to_string(),
+                Some(cell) => {
+                    let mark = match cell.verdict.as_str() {
+                        "pass" => "✅",
+                        "fail" => "❌",
+                        _ => "⚠️",
+                    };
+                    let unexpected = if cell.as_expected { "" } else { " (!)" };
+                    format!("{mark} {}{unexpected}", cell.result.replace('|', "\\|"))
+                }
+            })
+            .collect();
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} |",
+            row.kernel,
+            row.release.as_deref().unwrap_or(""),
+            row.cache_target.as_deref().unwrap_or(""),
+            cells.join(" | ")
+        );
+    }
+    s.push_str("\n✅ the case's property held (the fix is there in behaviour) · ❌ it did not · ⚠️ no verdict · (!) not what `matrix.yaml` expects · · not paired\n");
     s
 }
 
