@@ -233,6 +233,10 @@ pub fn describe(v: &Verdict) -> String {
     if v.status == Status::Fail {
         if let Some(f) = v.failures.iter().find(|f| f.what.starts_with("data loss")) {
             s += &format!(" — {}", f.what.split(':').next().unwrap_or("data loss"));
+        } else if v.failures.iter().any(|f| f.what.contains("kernel splat")) {
+            s += " — kernel splat";
+        } else if v.failures.iter().any(|f| f.what.starts_with("stale data")) {
+            s += " — stale data";
         }
     }
     s.trim().to_string()
@@ -644,6 +648,12 @@ pairs:
         let old = &c.kernels[1].cells["seed"];
         assert_eq!((old.verdict.as_str(), old.as_expected), ("fail", false));
         assert_eq!(old.result, "accepted — data loss");
+        let splat = verdict(
+            Status::Fail,
+            "accepted",
+            &["boot 2: kernel splat during step 10"],
+        );
+        assert_eq!(describe(&splat), "FAIL accepted — kernel splat");
         assert!(!c.kernels[1].cells.contains_key("shrink"));
         let md = crate::report::coverage_markdown(&c);
         assert!(
