@@ -152,6 +152,29 @@ fn guest_protocol(spec: &str, kernels: &Kernels) -> Result<(), Failed> {
     }
 }
 
+/// `vm: { udev: true }` in a real VM (`tests/fixtures/udev_opt_in.yaml`): the guest, lean by
+/// default, runs udev when a case asks for it.  (That the default guest has none is checked by
+/// `unclean_passthrough_empty`, which requires it.)
+fn udev_opt_in(spec: &str, kernels: &Kernels) -> Result<(), Failed> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/udev_opt_in.yaml");
+    let case = case::load(&path).map_err(|e| format!("{e:#}"))?;
+    let (k, accel) = get_kernel(kernels, spec)?;
+    let outcome = run::run_case(&case, &k, &run::RunOptions::new(accel), &mut |_| {})
+        .map_err(|e| format!("{e:#}"))?;
+    let v = check::evaluate(&case, &outcome);
+    let text = report::render(&v, true);
+    eprintln!("[udev_opt_in on {spec}]\n{text}");
+    if v.status == Status::Pass {
+        Ok(())
+    } else {
+        Err(format!(
+            "expected PASS (udev running when asked for), got {:?}\n{text}",
+            v.status
+        )
+        .into())
+    }
+}
+
 fn coverage(m: &Matrix) -> Result<(), Failed> {
     let cases = case::list().map_err(|e| format!("{e:#}"))?;
     let missing: Vec<String> = cases
@@ -546,8 +569,12 @@ fn main() {
         .find(|s| s.starts_with("debian:"))
         .unwrap_or_else(|| kernel::DEFAULT_SPEC.to_string());
     let ks = kernels.clone();
+    let (udev_kernel, uks) = (protocol_kernel.clone(), kernels.clone());
     trials.push(Trial::test("vm::guest_protocol", move || {
         guest_protocol(&protocol_kernel, &ks)
+    }));
+    trials.push(Trial::test("vm::udev_opt_in", move || {
+        udev_opt_in(&udev_kernel, &uks)
     }));
     // Pairs on kernels built from source first: their (cold) build then has the cores to
     // itself instead of competing with TCG VMs; the other thread waits for the build lock.
