@@ -224,9 +224,22 @@ if [ -e "$r/usr/bin/systemd-tmpfiles" ]; then
 fi
 exec "$@""#;
 
-/// Whether this process may create a mount namespace (root).
+/// Whether this process can give the guest the lean view: root, and a private mount
+/// namespace with a tmpfs in it actually works here (a container may run as root without
+/// CAP_SYS_ADMIN).  Tried once per process.
 pub fn may_hide_udev() -> bool {
-    nix::unistd::geteuid().is_root()
+    static CAN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CAN.get_or_init(|| {
+        nix::unistd::geteuid().is_root()
+            && Command::new("unshare")
+                .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+                .arg("mount -t tmpfs -o size=4k dmcache-vmtest-probe /mnt")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+    })
 }
 
 /// QEMU arguments of the KVM probe: boot the kernel with no root; reaching the kernel's first
@@ -545,7 +558,7 @@ pub fn launch(
     if !cfg.udev && !may_hide {
         static NOTE: std::sync::Once = std::sync::Once::new();
         NOTE.call_once(|| {
-            eprintln!("note: not root: the guest keeps udev (slower; a case that must run without it fails its `test ! -e /run/udev/control` step)");
+            eprintln!("note: not root, or no private mount namespace here (`unshare --mount`): the guest keeps udev (slower; a case that must run without it fails its `test ! -e /run/udev/control` step)");
         });
     }
     let (program, args) = launch_command(cfg, &vng_binary(), may_hide);
