@@ -314,10 +314,13 @@ pub fn prepare_boot(
         host_tool_versions(&dir)?;
     }
     // Fixtures, fresh for every boot (a step that changed one cannot pass it on).
+    let fixtures = case.file_texts()?;
     let files = results.join(FILES_DIR);
-    for (name, text) in case.file_texts()? {
+    if !fixtures.is_empty() {
         std::fs::create_dir_all(&files)
             .with_context(|| format!("cannot create {}", files.display()))?;
+    }
+    for (name, text) in fixtures {
         std::fs::write(files.join(name), text)
             .with_context(|| format!("cannot write fixture {name}"))?;
     }

@@ -190,11 +190,11 @@ pub fn vng_args(cfg: &VmConfig) -> Vec<String> {
 /// virtme-ng-init starts udev whenever it finds `systemd-udevd` there and runs
 /// `systemd-tmpfiles --boot` whenever `/etc/systemd` exists, with no switch for either (~3 s
 /// and ~1 s per boot under TCG); QEMU's 9p server exports the namespace's view, so the guest
-/// sees neither.  The host and every other process see no change.  Needs CAP_SYS_ADMIN: without
-/// root the guest starts as vng would (slower, same verdicts).
-pub fn launch_command(cfg: &VmConfig, vng: &str, root_user: bool) -> (String, Vec<String>) {
+/// sees neither.  The host and every other process see no change.  `lean_possible`: see
+/// [`may_hide_udev`]; without it the guest starts as vng would (slower, same verdicts).
+pub fn launch_command(cfg: &VmConfig, vng: &str, lean_possible: bool) -> (String, Vec<String>) {
     let vng_cmd = vng_args(cfg);
-    if cfg.udev || !root_user {
+    if cfg.udev || !lean_possible {
         return (vng.to_string(), vng_cmd);
     }
     let root = cfg.root.clone().unwrap_or_else(|| PathBuf::from("/"));

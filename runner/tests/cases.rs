@@ -124,15 +124,27 @@ fn run_pair(pair: &Pair, spec: &str, kernels: &Kernels) -> Result<(), Failed> {
 /// Debian kernel): step 1 passes (`expect_match` on trimmed stdout), step 2 fails by pipefail
 /// (a failing `dd` inside a pipe) and stops the boot, step 3 is never reached — and nothing
 /// else fails.
-fn guest_protocol(spec: &str, kernels: &Kernels) -> Result<(), Failed> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/guest_protocol.yaml");
+/// Runs `tests/fixtures/<name>.yaml` on `spec` in a real VM; the verdict and its rendering
+/// (also printed, for the test log).
+fn run_fixture(
+    name: &str,
+    spec: &str,
+    kernels: &Kernels,
+) -> Result<(check::Verdict, String), Failed> {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/{name}.yaml"));
     let case = case::load(&path).map_err(|e| format!("{e:#}"))?;
     let (k, accel) = get_kernel(kernels, spec)?;
-    let opts = run::RunOptions::new(accel);
-    let outcome = run::run_case(&case, &k, &opts, &mut |_| {}).map_err(|e| format!("{e:#}"))?;
+    let outcome = run::run_case(&case, &k, &run::RunOptions::new(accel), &mut |_| {})
+        .map_err(|e| format!("{e:#}"))?;
     let v = check::evaluate(&case, &outcome);
     let text = report::render(&v, true);
-    eprintln!("[guest_protocol on {spec}]\n{text}");
+    eprintln!("[{name} on {spec}]\n{text}");
+    Ok((v, text))
+}
+
+fn guest_protocol(spec: &str, kernels: &Kernels) -> Result<(), Failed> {
+    let (v, text) = run_fixture("guest_protocol", spec, kernels)?;
     let steps = &v.boots.first().ok_or("no boot ran")?.steps;
     let what: Vec<&str> = v.failures.iter().map(|f| f.what.as_str()).collect();
     let ok = v.status == Status::Fail
@@ -156,14 +168,7 @@ fn guest_protocol(spec: &str, kernels: &Kernels) -> Result<(), Failed> {
 /// default, runs udev when a case asks for it.  (That the default guest has none is checked by
 /// `unclean_passthrough_empty`, which requires it.)
 fn udev_opt_in(spec: &str, kernels: &Kernels) -> Result<(), Failed> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/udev_opt_in.yaml");
-    let case = case::load(&path).map_err(|e| format!("{e:#}"))?;
-    let (k, accel) = get_kernel(kernels, spec)?;
-    let outcome = run::run_case(&case, &k, &run::RunOptions::new(accel), &mut |_| {})
-        .map_err(|e| format!("{e:#}"))?;
-    let v = check::evaluate(&case, &outcome);
-    let text = report::render(&v, true);
-    eprintln!("[udev_opt_in on {spec}]\n{text}");
+    let (v, text) = run_fixture("udev_opt_in", spec, kernels)?;
     if v.status == Status::Pass {
         Ok(())
     } else {
