@@ -227,7 +227,7 @@ pub fn build_request(src: &str, items: &[PathBuf]) -> Result<crate::kbuild::Buil
     for p in items {
         if !p.is_file() {
             bail!(
-                "{} does not exist (paths in build: specs are relative to the current directory)",
+                "{} does not exist (paths in a build: spec are relative to the current directory; in a matrix file, to its directory)",
                 p.display()
             );
         }
