@@ -59,6 +59,11 @@ pub struct Case {
     /// the case file (read by [`load`]).
     #[serde(default)]
     pub files: BTreeMap<String, FileSource>,
+    /// Kernel config options the case needs (`CONFIG_KASAN_VMALLOC`, …), each `=y` or `=m` in
+    /// the kernel's config.  A kernel without one (or whose config is unknown) is refused
+    /// before it boots: a case that cannot see its bug there must not report a PASS.
+    #[serde(default)]
+    pub requires: Vec<String>,
 }
 
 /// The text of a fixture file: inline, or a file beside the case.
@@ -1044,6 +1049,19 @@ impl Case {
                 }
             }
         }
+        for (i, r) in self.requires.iter().enumerate() {
+            let ok = r.strip_prefix("CONFIG_").is_some_and(|n| {
+                !n.is_empty()
+                    && n.chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            });
+            if !ok {
+                return err(
+                    vec![Key("requires"), Index(i)],
+                    format!("`{r}` is not a kernel config option (CONFIG_ and upper-case letters, digits or `_`)"),
+                );
+            }
+        }
         if self.boots.is_empty() {
             return err(vec![Key("boots")], "at least one boot".into());
         }
@@ -1272,6 +1290,19 @@ expect:
         std::fs::remove_file(dir.path().join("fixtures/b.xml")).unwrap();
         let e = format!("{:#}", load(&f).unwrap_err());
         assert!(e.contains("files.b.xml: cannot read"), "{e}");
+    }
+
+    #[test]
+    fn requires_names_kernel_config_options() {
+        let c = parse(
+            &format!("{GOOD}requires: [CONFIG_KASAN, CONFIG_KASAN_VMALLOC]\n"),
+            "t.yaml",
+        )
+        .unwrap();
+        assert_eq!(c.requires, vec!["CONFIG_KASAN", "CONFIG_KASAN_VMALLOC"]);
+        let e = err_of(&format!("{GOOD}requires: [CONFIG_KASAN, kasan]\n"));
+        assert!(e.starts_with("bad.yaml:30:26: requires[1]"), "{e}");
+        assert!(e.contains("`kasan` is not a kernel config option"), "{e}");
     }
 
     #[test]

@@ -58,8 +58,10 @@ pub struct BootSummary {
 #[derive(Debug, Clone, Serialize)]
 pub struct Classification {
     pub label: String,
-    /// Exit status of the classified command.
-    pub status: i32,
+    /// Exit status of the classified command; `None` when it never finished (the kernel
+    /// panicked or the VM was stopped after a splat during it: the label then comes from a
+    /// kernel-log-only outcome, see [`crate::replay::classify_unfinished`]).
+    pub status: Option<i32>,
     /// The kernel log lines it printed (the refusal message, if any).
     pub evidence: Vec<String>,
 }
@@ -195,14 +197,15 @@ pub fn evaluate(case: &Case, run: &CaseRun) -> Verdict {
             if let (StepKind::Capture { name, .. }, Some(v)) = (&step.kind, &f.value) {
                 captures.insert(name.clone(), v.clone());
             }
-            if let (StepKind::Classify { name, .. }, StepState::Ran(status), Some(label)) =
-                (&step.kind, &f.state, &f.value)
-            {
+            if let (StepKind::Classify { name, .. }, Some(label)) = (&step.kind, &f.value) {
                 classifications.insert(
                     name.clone(),
                     Classification {
                         label: label.clone(),
-                        status: *status,
+                        status: match f.state {
+                            StepState::Ran(status) => Some(status),
+                            _ => None,
+                        },
                         evidence: out.record.steps[i]
                             .dmesg
                             .iter()

@@ -15,9 +15,12 @@ pub struct ConsoleScan {
     pub dm_lines: Vec<String>,
     /// The kernel started at all (`Linux version` seen).
     pub kernel_started: bool,
+    /// The first splat printed before the case's first step began (while the kernel booted or
+    /// the guest prologue loaded modules): not the case's doing, so the boot is retried.
+    pub boot_splat: Option<String>,
 }
 
-const SPLATS: &[&str] = &[
+pub const SPLATS: &[&str] = &[
     "Oops:",
     "BUG:",
     "WARNING: CPU:",
@@ -75,6 +78,7 @@ pub fn strip_ts(line: &str) -> &str {
 
 pub fn scan(log: &str) -> ConsoleScan {
     let mut s = ConsoleScan::default();
+    let mut in_case = false;
     for raw in log.lines() {
         let line = strip_ts(raw.trim_end_matches('\r'));
         if line.contains("sysrq: Resetting") || line.contains("SysRq : Resetting") {
@@ -89,8 +93,14 @@ pub fn scan(log: &str) -> ConsoleScan {
         if s.panic.is_none() && line.contains("Kernel panic - not syncing") {
             s.panic = Some(line.to_string());
         }
+        if line.starts_with("dmt: step-") {
+            in_case = true;
+        }
         // "Call Trace:" alone follows the headline we already keep.
         if SPLATS.iter().any(|p| line.contains(p)) && !line.contains("Call Trace:") {
+            if !in_case && s.boot_splat.is_none() {
+                s.boot_splat = Some(line.to_string());
+            }
             s.splats.push(line.to_string());
         }
         if line.contains("device-mapper:") {
@@ -122,6 +132,20 @@ mod tests {
 [ 14.8] BUG: kernel NULL pointer dereference, address: 0000000000000028
 [ 14.9] Oops: Oops: 0000 [#1] SMP NOPTI
 ";
+
+    #[test]
+    fn a_splat_before_the_first_step_is_a_boot_splat() {
+        let s = scan(
+            "[ 1.0] BUG: KASAN: wild-memory-access in x\n[ 5.0] dmt: step-1 begin\n[ 6.0] BUG: y\n",
+        );
+        assert_eq!(
+            s.boot_splat.as_deref(),
+            Some("BUG: KASAN: wild-memory-access in x")
+        );
+        assert_eq!(s.splats.len(), 2);
+        let s = scan("[ 5.0] dmt: step-1 begin\n[ 6.0] BUG: y\n");
+        assert_eq!(s.boot_splat, None);
+    }
 
     #[test]
     fn fatal_splats_and_their_step() {

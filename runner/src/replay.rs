@@ -67,6 +67,21 @@ pub fn classify(outcomes: &[Outcome], status: i32, dmesg: &[String]) -> String {
         .unwrap_or_else(|| UNCLASSIFIED.to_string())
 }
 
+/// The label of a classification whose step never finished (the kernel panicked or the VM was
+/// stopped after a splat during it): only an outcome that asks nothing of the exit status and
+/// names a kernel-log line can hold, matched against the step's lines of the console.
+pub fn classify_unfinished(outcomes: &[Outcome], dmesg: &[String]) -> Option<String> {
+    outcomes
+        .iter()
+        .find(|o| {
+            o.status.is_none()
+                && o.dmesg
+                    .as_ref()
+                    .is_some_and(|m| dmesg.iter().any(|l| l.contains(m.as_str())))
+        })
+        .map(|o| o.label.clone())
+}
+
 /// True when `step` runs given the values known before it.
 pub fn step_enabled(step: &Step, values: &BTreeMap<String, String>) -> bool {
     let holds = |c: &Option<Cond>| c.as_ref().map(|c| c.holds(values));
@@ -145,7 +160,15 @@ fn step_fact(step: &Step, r: &StepRecord, values: &mut BTreeMap<String, String>)
                 .push("ran in the guest although its condition was false".into());
             return f;
         }
-        (None, false) => return f,
+        (None, false) => {
+            if let StepKind::Classify { name, outcomes, .. } = &step.kind {
+                if let Some(label) = classify_unfinished(outcomes, &r.dmesg).filter(|_| enabled) {
+                    values.insert(name.clone(), label.clone());
+                    f.value = Some(label);
+                }
+            }
+            return f;
+        }
         (Some(status), false) => f.state = StepState::Ran(status),
     }
     let StepState::Ran(status) = f.state else {
@@ -205,6 +228,27 @@ fn step_fact(step: &Step, r: &StepRecord, values: &mut BTreeMap<String, String>)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unfinished_classification_takes_only_a_kernel_log_outcome() {
+        let o = |label: &str, status: Option<ExpectStatus>, dmesg: Option<&str>| Outcome {
+            label: label.into(),
+            status,
+            dmesg: dmesg.map(str::to_string),
+        };
+        let outcomes = vec![
+            o("oops", None, Some("BUG: kernel NULL pointer dereference")),
+            o("eio", Some(ExpectStatus::Code(5)), None),
+            o("any", None, None),
+        ];
+        let log = vec!["BUG: kernel NULL pointer dereference, address: 0".to_string()];
+        assert_eq!(
+            classify_unfinished(&outcomes, &log).as_deref(),
+            Some("oops")
+        );
+        assert_eq!(classify_unfinished(&outcomes, &[]), None);
+        assert_eq!(classify_unfinished(&outcomes[1..], &log), None);
+    }
 
     #[test]
     fn matching_is_on_trimmed_stdout_like_bash() {

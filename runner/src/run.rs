@@ -197,6 +197,11 @@ pub fn boot_end(
         // Whatever stopped it, the case never ran: not a verdict on the case.
         let why = if let Some(p) = &scan.panic {
             format!("the kernel panicked while booting, before the first step: {p}")
+        } else if let Some(p) = &scan.boot_splat {
+            // The guest script saw it and stopped before its first step (seen: KASAN's
+            // `wild-memory-access in _raw_spin_lock` during the delay-loop calibration, in
+            // about one TCG boot of five of the same kernel).
+            format!("the kernel reported a splat while booting, before the first step: {p}")
         } else if scan.kvm_error {
             "KVM internal error (set DMCACHE_VMTEST_ACCEL=tcg)".to_string()
         } else if let Some(e) = &rec.error {
@@ -306,6 +311,7 @@ pub fn run_case(
     opts: &RunOptions,
     events: &mut dyn FnMut(Event),
 ) -> Result<CaseRun> {
+    crate::kernel::check_requires(kernel, &case.name, &case.requires)?;
     let start = Instant::now();
     let work = make_workdir(case, opts)?;
     let results = work.path().join("results");
@@ -604,6 +610,10 @@ boots:
         let early = scan("[ 2.7] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI\n[ 2.8] Kernel panic - not syncing: Fatal exception in interrupt\n");
         assert!(
             matches!(boot_end(&c, 0, &rec(false, 0, false, false), &early, ProcessEnd::Exited(255)), BootEnd::Infra(m) if m.contains("panicked while booting"))
+        );
+        let splat = scan("[ 1.0] BUG: KASAN: wild-memory-access in _raw_spin_lock+0x76/0xe0\n[ 2.0] dmt: kernel splat before the first step\n");
+        assert!(
+            matches!(boot_end(&c, 0, &rec(false, 0, false, false), &splat, ProcessEnd::Exited(0)), BootEnd::Infra(m) if m.contains("splat while booting") && m.contains("wild-memory-access"))
         );
         let kvm = scan("KVM internal error. Suberror: 1\n");
         assert!(

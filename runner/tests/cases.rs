@@ -5,6 +5,8 @@
 //! readable reason (the verdict can fail).  A coverage trial checks that every case in
 //! `cases/` is in the matrix.  A missing QEMU/vng/kernel fails a trial with the reason;
 //! nothing is skipped.  Select trials by name: `cargo test -- unclean_passthrough@debian-6.12`.
+//! Pairs on a kernel marked `suite: full` (a KASAN build) are listed as ignored; `cargo test --
+//! --include-ignored` runs them too (the full suite).
 //!
 //! Host trials: `doctor` (the built binary's `doctor` must pass), `interrupt::sigint` and
 //! `interrupt::sigterm` (the CLI interrupted while its first VM boots must exit 2 and leave no
@@ -591,9 +593,13 @@ fn main() {
             m.kernels[&pair.kernel].spec.clone(),
             kernels.clone(),
         );
-        trials.push(Trial::test(format!("vm::{}", pair.id()), move || {
-            run_pair(&p, &spec, &ks)
-        }));
+        let full = m.kernels[&pair.kernel].suite == matrix::Suite::Full;
+        trials.push(
+            Trial::test(format!("vm::{}", pair.id()), move || {
+                run_pair(&p, &spec, &ks)
+            })
+            .with_ignored_flag(full),
+        );
     }
     libtest_mimic::run(&args, trials).exit();
 }

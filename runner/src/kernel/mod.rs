@@ -123,6 +123,53 @@ pub fn config_dm_cache(config: &str) -> Option<char> {
     })
 }
 
+/// The options of `required` that a .config text does not set to `y` or `m`.
+pub fn missing_options<'a>(config: &str, required: &'a [String]) -> Vec<&'a str> {
+    required
+        .iter()
+        .filter(|opt| {
+            !config.lines().any(|l| {
+                l.strip_prefix(opt.as_str())
+                    .and_then(|v| v.strip_prefix('='))
+                    .is_some_and(|v| v == "y" || v == "m")
+            })
+        })
+        .map(|s| s.as_str())
+        .collect()
+}
+
+/// Refuses a kernel that lacks a config option a case requires (or whose config is unknown),
+/// with one line that names the options and the fix.
+pub fn check_requires(kernel: &Kernel, case: &str, required: &[String]) -> Result<()> {
+    if required.is_empty() {
+        return Ok(());
+    }
+    let Some(path) = &kernel.config else {
+        bail!(
+            "case {case} requires {} but the config of kernel {} is unknown (no config file beside it): use a kernel with its config, e.g. build:…,kconfigs/kasan.config",
+            required.join(", "),
+            kernel.spec
+        );
+    };
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "cannot read the config of kernel {}: {}",
+            kernel.spec,
+            path.display()
+        )
+    })?;
+    let missing = missing_options(&text, required);
+    if !missing.is_empty() {
+        bail!(
+            "kernel {} lacks {} (not set in {}), which case {case} requires: add the fragment that sets it to the build: spec, e.g. kconfigs/kasan.config",
+            kernel.spec,
+            missing.join(", "),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 fn read_release(image: &Path) -> Result<String> {
     let mut head = vec![0u8; 64 * 1024];
     let n = {
@@ -444,6 +491,18 @@ mod tests {
         std::fs::write(f.path(), "hello").unwrap();
         let e = from_image(f.path(), None, "x").unwrap_err().to_string();
         assert!(e.contains("is not a Linux kernel image"), "{e}");
+    }
+
+    #[test]
+    fn missing_options_of_a_config() {
+        let req = vec![
+            "CONFIG_KASAN".to_string(),
+            "CONFIG_KASAN_VMALLOC".to_string(),
+        ];
+        let cfg = "CONFIG_KASAN=y\n# CONFIG_KASAN_VMALLOC is not set\nCONFIG_KASAN_VMALLOC_X=y\n";
+        assert_eq!(missing_options(cfg, &req), vec!["CONFIG_KASAN_VMALLOC"]);
+        assert!(missing_options("CONFIG_KASAN=y\nCONFIG_KASAN_VMALLOC=y\n", &req).is_empty());
+        assert_eq!(missing_options("", &req).len(), 2);
     }
 
     #[test]
