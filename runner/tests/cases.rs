@@ -3,7 +3,8 @@
 //! verdict, the classification and the target version the matrix expects.  Then the same
 //! recorded run is judged against a deliberately wrong expectation, which must FAIL with a
 //! readable reason (the verdict can fail).  A coverage trial checks that every case in
-//! `cases/` is in the matrix.  A missing QEMU/vng/kernel fails a trial with the reason;
+//! `cases/` is in the matrix both ways (a pass pair and a fail pair) and, unless it `requires:`
+//! a kernel option, on a Debian 6.12 kernel.  A missing QEMU/vng/kernel fails a trial with the reason;
 //! nothing is skipped.  Select trials by name: `cargo test -- unclean_passthrough@debian-6.12`.
 //! Pairs on a kernel marked `suite: full` (a KASAN build) are listed as ignored; `cargo test --
 //! --include-ignored` runs them too (the full suite).
@@ -183,22 +184,32 @@ fn udev_opt_in(spec: &str, kernels: &Kernels) -> Result<(), Failed> {
 }
 
 fn coverage(m: &Matrix) -> Result<(), Failed> {
-    let cases = case::list().map_err(|e| format!("{e:#}"))?;
-    let missing: Vec<String> = cases
-        .iter()
-        .map(|(n, _)| n.clone())
-        .filter(|n| {
-            !m.pairs
-                .iter()
-                .any(|p| &p.case == n && m.kernels[&p.kernel].spec.starts_with("debian:6.12"))
-        })
-        .collect();
-    if missing.is_empty() {
+    let mut gaps = Vec::new();
+    for (name, path) in case::list().map_err(|e| format!("{e:#}"))? {
+        let c = case::load(&path).map_err(|e| format!("{e:#}"))?;
+        let pairs: Vec<&Pair> = m.pairs.iter().filter(|p| p.case == name).collect();
+        for (v, what) in [
+            (matrix::VerdictExpect::Pass, "a kernel where it must pass"),
+            (matrix::VerdictExpect::Fail, "a kernel where it must fail"),
+        ] {
+            if !pairs.iter().any(|p| p.verdict == v) {
+                gaps.push(format!("{name}: no pair on {what}"));
+            }
+        }
+        // The default kernel of `case` runs every case that needs nothing special.
+        let on_debian_612 = pairs
+            .iter()
+            .any(|p| m.kernels[&p.kernel].spec.starts_with("debian:6.12"));
+        if c.requires.is_empty() && !on_debian_612 {
+            gaps.push(format!("{name}: no pair on a Debian 6.12 kernel"));
+        }
+    }
+    if gaps.is_empty() {
         Ok(())
     } else {
         Err(format!(
-            "cases not in the matrix on a Debian 6.12 kernel: {}",
-            missing.join(", ")
+            "matrix.yaml does not prove every case both ways: {}",
+            gaps.join("; ")
         )
         .into())
     }
