@@ -432,7 +432,6 @@ fn cmd_case(name: &str, args: &RunArgs, verbose: bool) -> Result<i32> {
     let path = case::find(name)?;
     let case = case::load(&path)?;
     let k = resolve_kernel(&args.kernel)?;
-    kernel::check_requires(&k, &case.name, &case.requires)?;
     let opts = run_options(&k, &args.vm)?;
     let mut progress = report::Progress::new(&case.name);
     let outcome = run::run_case(&case, &k, &opts, &mut |e| progress.event(e));
