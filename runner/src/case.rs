@@ -263,9 +263,37 @@ impl<'de> Deserialize<'de> for Step {
     }
 }
 
+/// Why a step's fields do not make a step, and the key to point at when one is to blame.
+#[derive(Debug)]
+pub struct StepError {
+    pub key: Option<&'static str>,
+    pub msg: String,
+}
+
+impl fmt::Display for StepError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(&self.msg)
+    }
+}
+
+impl From<&str> for StepError {
+    fn from(msg: &str) -> Self {
+        StepError {
+            key: None,
+            msg: msg.into(),
+        }
+    }
+}
+
+impl From<String> for StepError {
+    fn from(msg: String) -> Self {
+        StepError { key: None, msg }
+    }
+}
+
 impl TryFrom<RawStep> for Step {
-    type Error = String;
-    fn try_from(r: RawStep) -> Result<Step, String> {
+    type Error = StepError;
+    fn try_from(r: RawStep) -> Result<Step, StepError> {
         let kinds: Vec<&str> = [
             (r.capture.is_some(), "capture"),
             (r.classify.is_some(), "classify"),
@@ -279,7 +307,8 @@ impl TryFrom<RawStep> for Step {
             return Err(format!(
                 "a step is one of `run`, `capture`, `classify`, `crash`; this one has `{}`",
                 kinds.join("` and `")
-            ));
+            )
+            .into());
         }
         let run = r.run.filter(|x| !x.trim().is_empty());
         let timeout = r.timeout.unwrap_or(DEFAULT_STEP_TIMEOUT);
@@ -297,11 +326,14 @@ impl TryFrom<RawStep> for Step {
                 "`expect` belongs to a `capture` step (use `expect_match` on stdout)".into(),
             );
         }
-        for n in [&r.capture, &r.classify].into_iter().flatten() {
-            if !is_ident(n) {
-                return Err(format!(
-                    "`{n}`: names are lowercase letters, digits and `_`, starting with a letter (`dmt_` is the runner's)"
-                ));
+        for (key, n) in [("capture", &r.capture), ("classify", &r.classify)] {
+            if let Some(n) = n.as_deref().filter(|n| !is_ident(n)) {
+                return Err(StepError {
+                    key: Some(key),
+                    msg: format!(
+                        "`{n}`: names are lowercase letters, digits and `_`, starting with a letter (`dmt_` is the runner's)"
+                    ),
+                });
             }
         }
         let kind = if let Some(c) = r.crash {
@@ -773,13 +805,14 @@ fn locate_step_error(text: &str, file: &str) -> Option<CaseError> {
             let Ok(raw) = serde_yaml_ng::from_value::<RawStep>(st.clone()) else {
                 continue;
             };
-            if let Err(msg) = Step::try_from(raw) {
-                let path = [
+            if let Err(StepError { key, msg }) = Step::try_from(raw) {
+                let mut path = vec![
                     Seg::Key("boots"),
                     Seg::Index(b),
                     Seg::Key("steps"),
                     Seg::Index(i),
                 ];
+                path.extend(key.map(Seg::Key));
                 let at = locate(text, &path);
                 return Some(CaseError {
                     file: file.into(),
@@ -1433,7 +1466,8 @@ expect:
     fn names_the_guest_script_uses_are_reserved() {
         let e = err_of(&GOOD.replace("capture: dirty", "capture: dmt_st"));
         assert!(e.contains("`dmt_` is the runner's"), "{e}");
-        assert!(e.starts_with("bad.yaml:9:"), "{e}");
+        // At the name itself, not at the step that holds it.
+        assert!(e.starts_with("bad.yaml:9:18:"), "{e}");
     }
 
     #[test]

@@ -521,6 +521,11 @@ mod tests {
     /// Writes the records as a results directory, reads it back as the runner does, derives
     /// each boot's end from the records like the runner, and judges.
     fn judge(case: &Case, recs: &[BootRecord]) -> Verdict {
+        evaluate(case, &run_of(case, recs))
+    }
+
+    /// The run the host would see from these records (see [`judge`]).
+    fn run_of(case: &Case, recs: &[BootRecord]) -> CaseRun {
         let tmp = tempfile::tempdir().unwrap();
         let mut boots = Vec::new();
         for (b, rec) in recs.iter().enumerate() {
@@ -560,15 +565,14 @@ mod tests {
             modules: None,
             dm_cache: crate::kernel::DmCache::BuiltIn,
         };
-        let run = CaseRun {
+        CaseRun {
             case: case.name.clone(),
             kernel,
             accel: crate::vm::Accel::Tcg,
             boots,
             workdir: None,
             seconds: 60.0,
-        };
-        evaluate(case, &run)
+        }
     }
 
     const GOOD: &[(&str, &str)] = &[
@@ -759,6 +763,83 @@ mod tests {
         recs[0].done = true;
         let v = judge(&case, &recs);
         assert_fails(&v, "although the host finds the step met its expectations");
+    }
+
+    /// The last belt: whatever slipped past every other check, a boot that did not end as
+    /// planned or a step without a consistent record is never a PASS.
+    #[test]
+    fn no_pass_without_evidence_even_when_every_other_check_misses() {
+        let case = seed_case();
+        let run = run_of(&case, &honest_guest(&case, 1, &[DIRTY], GOOD));
+        let records: Vec<&BootRecord> = run.boots.iter().map(|b| &b.record).collect();
+        let honest = replay::replay(&case, &records);
+        assert_eq!(unearned(&case, &run, &honest), None);
+        let i = step_of(&case, 1, "cache_check");
+        type Spoil = Box<dyn Fn(&mut CaseRun, &mut replay::Replay)>;
+        let broken: [(&str, Spoil); 6] = [
+            (
+                "a step never reached",
+                Box::new(|_, rp| rp.steps[1][i].state = StepState::NotReached),
+            ),
+            (
+                "a step with a problem",
+                Box::new(|_, rp| rp.steps[1][i].problems.push("x".into())),
+            ),
+            (
+                "ran although disabled",
+                Box::new(|_, rp| rp.steps[1][i].enabled = false),
+            ),
+            (
+                "a boot of the replay missing",
+                Box::new(|_, rp| {
+                    rp.steps.pop();
+                }),
+            ),
+            (
+                "a boot not run",
+                Box::new(|r, _| {
+                    r.boots.pop();
+                }),
+            ),
+            (
+                "an unplanned end",
+                Box::new(|r, _| r.boots[0].end = BootEnd::Exited),
+            ),
+        ];
+        for (what, spoil) in broken {
+            let (mut r, mut rp) = (run.clone(), honest.clone());
+            spoil(&mut r, &mut rp);
+            assert!(unearned(&case, &r, &rp).is_some(), "{what}: earned a PASS");
+        }
+    }
+
+    /// A boot the guest stopped while every step's record is fine (no step says why): FAIL.
+    #[test]
+    fn a_stopped_boot_no_step_explains_fails() {
+        let case = seed_case();
+        let mut run = run_of(&case, &honest_guest(&case, 1, &[DIRTY], GOOD));
+        run.boots[1].end = BootEnd::Aborted("step 9".into());
+        let v = evaluate(&case, &run);
+        assert_fails(
+            &v,
+            "the guest stopped the boot (step 9) but no step says why",
+        );
+    }
+
+    /// The guest says it stopped the last boot at a step it left no status for.
+    #[test]
+    fn lying_guest_abort_at_a_step_without_status() {
+        let case = seed_case();
+        let mut recs = honest_guest(&case, 1, &[DIRTY], GOOD);
+        let i = step_of(&case, 1, "cache_check");
+        recs[1].steps[i].status = None;
+        recs[1].steps[i].abort = Some("cache_check failed".into());
+        for st in &mut recs[1].steps[i + 1..] {
+            *st = StepRecord::default();
+        }
+        let v = judge(&case, &recs);
+        assert_ne!(v.status, Status::Pass, "{:#?}", v.failures);
+        assert!(!v.failures.is_empty());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! with a fake one.
 
 use crate::{kernel, vm};
+use anyhow::Result;
 use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -117,6 +118,12 @@ const fn tool(
 
 /// What the guest runs: the guest sees the host root read-only.
 const GUEST: &[Tool] = &[
+    tool(
+        "bash (runs every step, with pipefail)",
+        "bash",
+        &["--version"],
+        "apt-get install bash",
+    ),
     tool(
         "dmsetup",
         "dmsetup",
@@ -414,10 +421,33 @@ pub fn render(sections: &[(&str, Vec<Finding>)]) -> (String, i32) {
 /// status (0 all good, 2 something required is missing).
 pub fn run(kernel_spec: &str) -> i32 {
     let mut sections = check_tools(&Host::current());
+    let mirrors = crate::debian::sources::mirrors();
+    sections.push((
+        "Debian archive (debian: kernels, linux-source)",
+        archive_findings(mirrors, crate::debian::sources::keyring),
+    ));
     sections.push(("accelerator", vec![kvm_finding(kernel_spec)]));
     let (text, code) = render(&sections);
     print!("{text}");
     code
+}
+
+/// The mirror the runner's apt state uses (and where it came from) and the keyring that
+/// checks its signatures; either missing stops `debian:` kernels, so both are required.
+fn archive_findings(
+    mirrors: Result<crate::debian::sources::Mirrors>,
+    keyring: impl Fn(&crate::debian::sources::Mirrors) -> Result<PathBuf>,
+) -> Vec<Finding> {
+    match mirrors {
+        Err(e) => vec![Finding::miss("Debian mirror", format!("{e:#}"))],
+        Ok(m) => vec![
+            Finding::ok("Debian mirror", format!("{} (from {})", m.main, m.from)),
+            match keyring(&m) {
+                Ok(k) => Finding::ok("archive keyring", k.display().to_string()),
+                Err(e) => Finding::miss("archive keyring", format!("{e:#}")),
+            },
+        ],
+    }
 }
 
 /// KVM: probed with the kernel if it is already in the cache (doctor does not download).
@@ -518,6 +548,40 @@ mod tests {
     }
 
     #[test]
+    fn the_archive_needs_a_mirror_and_a_keyring() {
+        let m = || crate::debian::sources::Mirrors {
+            main: "http://mirror.example/debian".into(),
+            security: None,
+            signed_by: None,
+            from: "/etc/apt/sources.list:1".into(),
+        };
+        let (text, code) = render(&[(
+            "a",
+            archive_findings(Ok(m()), |_| Ok(PathBuf::from("/k.gpg"))),
+        )]);
+        assert_eq!(code, 0, "{text}");
+        assert!(text.contains("http://mirror.example/debian (from /etc/apt/sources.list:1)"));
+        let (text, code) = render(&[(
+            "a",
+            archive_findings(Ok(m()), |_| anyhow::bail!("no Debian archive keyring")),
+        )]);
+        assert_eq!(code, 2, "{text}");
+        assert!(text.contains("MISS  archive keyring"), "{text}");
+        let (text, code) = render(&[(
+            "a",
+            archive_findings(
+                Err(anyhow::anyhow!("no Debian mirror; set X")),
+                |_| unreachable!(),
+            ),
+        )]);
+        assert_eq!(code, 2, "{text}");
+        assert!(
+            text.contains("MISS  Debian mirror") && text.contains("set X"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn everything_present_passes() {
         let (_d, host) = fake_host(&[]);
         let (text, code) = render(&check_tools(&host));
@@ -533,6 +597,7 @@ mod tests {
             ("vng", "pip install virtme-ng==1.42"),
             ("qemu-system-x86_64", "apt-get install qemu-system-x86"),
             ("busybox", "apt-get install busybox-static"),
+            ("bash", "apt-get install bash"),
             ("fio", "apt-get install fio"),
             ("cache_check", "apt-get install thin-provisioning-tools"),
         ] {

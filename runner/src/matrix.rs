@@ -19,7 +19,7 @@
 //!                                    # failure: [kernel splat, data loss]
 //! ```
 
-use crate::case::{self, CaseError};
+use crate::case::{self, CaseError, Seg};
 use crate::check::{Status, Verdict};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -113,13 +113,16 @@ impl Pair {
 /// Parses and checks a matrix (kernel names defined, cases exist).
 pub fn parse(text: &str, file: &str) -> Result<Matrix, CaseError> {
     let m: Matrix = case::from_yaml(text, file)?;
-    let line_of = |needle: &str| text.lines().position(|l| l.contains(needle)).map(|i| i + 1);
     for (i, p) in m.pairs.iter().enumerate() {
         if !m.kernels.contains_key(&p.kernel) {
+            let at = case::locate(
+                text,
+                &[Seg::Key("pairs"), Seg::Index(i), Seg::Key("kernel")],
+            );
             return Err(CaseError {
                 file: file.into(),
-                line: line_of(&format!("kernel: {}", p.kernel)),
-                col: None,
+                line: at.map(|(l, _)| l),
+                col: at.map(|(_, c)| c),
                 msg: format!(
                     "pairs[{i}]: kernel `{}` is not defined under `kernels:`",
                     p.kernel
@@ -718,6 +721,15 @@ pairs:
             .unwrap_err()
             .to_string();
         assert!(e.contains("kernel `k2` is not defined"), "{e}");
+        assert!(e.starts_with("m.yaml:5:13:"), "{e}");
+        // The node itself, not the first line that mentions the name (a comment, a second
+        // pair of the same kernel, a flow mapping).
+        let text = format!(
+            "# kernel: k2 is planned\n{}  - {{ kernel: k1, case: c, outcome: o, verdict: pass }}\n  - {{ case: c, kernel: k2, outcome: o, verdict: pass }}\n",
+            M.trim_start()
+        );
+        let e = parse(&text, "m.yaml").unwrap_err().to_string();
+        assert!(e.starts_with("m.yaml:11:24: pairs[2]: kernel `k2`"), "{e}");
         let e = parse(&M.replace("verdict: pass", "verdict: maybe"), "m.yaml")
             .unwrap_err()
             .to_string();
@@ -806,6 +818,19 @@ pairs:
                 serde_json::from_str(&crate::report::to_json(&results)).unwrap();
             assert_eq!(json[1]["errors"].as_array().unwrap().len(), 1);
             assert_eq!(json[0]["runs"].as_array().unwrap().len(), repeat);
+            let cov = crate::report::coverage(&results);
+            let gone_row = cov.kernels.iter().find(|k| k.kernel == "gone").unwrap();
+            let cell = &gone_row.cells["unclean_passthrough"];
+            assert_eq!(cell.verdict, "error", "{cell:?}");
+            assert!(!cell.as_expected);
+            let cmd = crate::report::coverage_markdown(&cov);
+            let line = cmd.lines().find(|l| l.starts_with("| gone")).unwrap();
+            assert!(line.contains("⚠️") && line.contains("(!)"), "{cmd}");
+            assert!(
+                cmd.lines()
+                    .any(|l| l.starts_with("| good") && l.contains("✅")),
+                "{cmd}"
+            );
         }
     }
 

@@ -224,9 +224,31 @@ fn workflow_jobs_from_matrix(m: &Matrix) -> Result<(), Failed> {
         "matrix matrix.yaml --list-kernels",
         "kernel: ${{ fromJSON(needs.kernels.outputs.list) }}",
         "--only \"${{ matrix.kernel }}\"",
+        // the one package list, and doctor as a gate, as in README and .ci/run
+        "scripts/setup-host.sh",
+        "dmcache-vmtest doctor",
     ] {
         if !wf.contains(needle) {
             return Err(format!("the workflow does not contain `{needle}`").into());
+        }
+    }
+    if wf.contains("apt-get install") {
+        return Err("the workflow keeps its own apt-get list: use scripts/setup-host.sh".into());
+    }
+    for (file, needles) in [
+        (
+            ".ci/run",
+            &["scripts/setup-host.sh", "-- doctor", "cargo test"][..],
+        ),
+        (
+            "README.md",
+            &["scripts/setup-host.sh", "cargo run -- doctor", "cargo test"][..],
+        ),
+    ] {
+        let text = std::fs::read_to_string(repo().join(file))
+            .map_err(|e| format!("cannot read {file}: {e}"))?;
+        if let Some(n) = needles.iter().find(|n| !text.contains(**n)) {
+            return Err(format!("{file} does not contain `{n}`").into());
         }
     }
     let out = Command::new(BIN)

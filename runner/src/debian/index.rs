@@ -468,14 +468,36 @@ fn matching<'a>(all: &'a [KernelEntry], spec: &str) -> Vec<&'a KernelEntry> {
     by(&|e| e.upstream == spec)
 }
 
-/// Up to `n` usable ABI names nearest to `spec` in version order (half below, half above).
+/// Which field of an entry a spec is written in: an ABI name (`6.1.0-47`, `6.12.117+deb13`),
+/// a package version (`6.1.170-3`, `6.18.15-1~bpo13+1`) or an upstream version (`6.18.15`).
+/// Bookworm's ABI names and package versions have the same shape; an ABI name's third
+/// component is always 0 (`6.1.0-N`), a package version's never is.
+fn spec_field(spec: &str) -> fn(&KernelEntry) -> &str {
+    let abi_like = spec.ends_with("+deb12")
+        || spec.ends_with("+deb13")
+        || spec.ends_with("+deb14")
+        || spec
+            .split_once('-')
+            .is_some_and(|(up, n)| up.ends_with(".0") && n.bytes().all(|b| b.is_ascii_digit()));
+    if abi_like {
+        |e| &e.abi
+    } else if spec.contains('-') {
+        |e| &e.version
+    } else {
+        |e| &e.upstream
+    }
+}
+
+/// Up to `n` usable ABI names nearest to `spec` in version order (half below, half above),
+/// ordered in the field the spec is written in.
 fn nearest(all: &[KernelEntry], spec: &str, n: usize) -> Vec<String> {
+    let key = spec_field(spec);
     let mut usable: Vec<&KernelEntry> = all.iter().filter(|e| e.usable()).collect();
-    usable.sort_by(|a, b| version::cmp(&a.upstream, &b.upstream));
-    usable.dedup_by(|a, b| a.upstream == b.upstream);
+    usable.sort_by(|a, b| version::cmp(key(a), key(b)));
+    usable.dedup_by(|a, b| key(a) == key(b));
     let pos = usable
         .iter()
-        .position(|e| version::cmp(&e.upstream, spec) == Ordering::Greater)
+        .position(|e| version::cmp(key(e), spec) == Ordering::Greater)
         .unwrap_or(usable.len());
     let lo = pos.saturating_sub(n / 2);
     let hi = (lo + n).min(usable.len());
@@ -788,6 +810,11 @@ pub(crate) mod tests {
             e,
             "debian:6.18.99: no such Debian kernel; nearest available: 7.2.13+deb14, 7.2.12+deb13, 6.18.15+deb13, 6.18.12+deb13 (`dmcache-vmtest kernel list` shows all)"
         );
+        // An ABI-style spec is ordered among ABI names, not by its upstream version.
+        let e = abi("6.1.0-99").unwrap_err();
+        assert!(e.contains("6.1.0-57, 6.1.0-56 ("), "{e}");
+        let e = abi("6.1.190-1").unwrap_err();
+        assert!(e.contains("6.1.0-57, 6.1.0-56, 6.1.0-50 ("), "{e}");
         let e = abi("5.10").unwrap_err();
         assert!(
             e.contains("nearest available: 6.1.0-56, 6.1.0-50")

@@ -333,13 +333,58 @@ pub fn parse_source_spec(spec: &str) -> Result<(String, SourcePin)> {
     }
 }
 
-/// `apt-get download PKG=VERSION` with the runner's apt into `dir`; the `.deb`'s path.
-pub fn download(pkg: &str, version: &str, dir: &Path) -> Result<PathBuf> {
+/// `linux-source-SERIES` at `version`, downloaded, unpacked (`dpkg-deb -x`, then its
+/// `usr/src/PKG.tar.xz`) in a temporary directory beside `into`, and renamed to `into` only
+/// when complete: a failure at any point leaves nothing behind.
+pub fn unpack_source(
+    pkg: &str,
+    version: &str,
+    into: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<()> {
+    let parent = into
+        .parent()
+        .with_context(|| format!("{} has no parent directory", into.display()))?;
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let work = tempfile::Builder::new()
+        .prefix(".partial-")
+        .tempdir_in(parent)
+        .with_context(|| format!("creating a temporary directory in {}", parent.display()))?;
+    progress(&format!("apt-get download {pkg}={version}"));
     let archive = Archive::open()?;
-    let mut debs = archive
+    let deb = archive
         .state
-        .download(&[(pkg.to_string(), version.to_string())], dir)?;
-    Ok(debs.remove(0))
+        .download(&[(pkg.to_string(), version.to_string())], work.path())?
+        .remove(0);
+    progress(&format!(
+        "dpkg-deb -x {}",
+        deb.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let x = work.path().join("x");
+    dpkg_extract(&deb, &x)?;
+    std::fs::remove_file(&deb)?;
+    let tarball = x.join(format!("usr/src/{pkg}.tar.xz"));
+    if !tarball.is_file() {
+        bail!("{pkg}={version} has no usr/src/{pkg}.tar.xz");
+    }
+    progress(&format!("unpacking {pkg}.tar.xz"));
+    let out = Command::new("tar")
+        .arg("-xf")
+        .arg(&tarball)
+        .current_dir(work.path())
+        .output()
+        .context("cannot run tar")?;
+    if !out.status.success() {
+        bail!(
+            "tar -xf {pkg}.tar.xz failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let top = work.path().join(pkg);
+    if !top.join("Makefile").is_file() {
+        bail!("{pkg}.tar.xz did not unpack to {pkg}/ with a Makefile");
+    }
+    std::fs::rename(&top, into).with_context(|| format!("moving the source to {}", into.display()))
 }
 
 #[cfg(test)]

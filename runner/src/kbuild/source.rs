@@ -2,7 +2,6 @@
 //! any of the runner's suites, see [`crate::debian`], fetched and unpacked once into the
 //! cache) or a directory; and its identity.
 
-use super::exec::run_checked;
 use super::short_hash;
 use anyhow::{anyhow, bail, Context, Result};
 use std::fs;
@@ -71,8 +70,8 @@ pub(super) struct Identity {
 
 /// The identity of a source, without fetching it.
 ///
-/// * `Debian(series)`: the candidate version of `linux-source-<series>` from `apt-cache
-///   policy` (offline: the newest version already unpacked in the cache).
+/// * `Debian(series)`: the version of `linux-source-<series>` the runner's Debian index
+///   resolves the spec to (offline: the newest version already unpacked in the cache).
 /// * `Dir(path)`: the canonical path plus, for a git work tree, `HEAD` and a hash of
 ///   `git diff HEAD` (uncommitted changes to tracked files; untracked files are ignored);
 ///   otherwise a hash of the top `Makefile` and the newest mtime of any file in the tree
@@ -212,26 +211,10 @@ pub(super) fn ensure_source(
                 return Ok(tree);
             }
             let _ = fs::remove_dir_all(&dir);
-            let work = dir.join("work");
-            progress(&format!("apt-get download {pkg}={version}"));
-            let deb = crate::debian::download(&pkg, version, &work)?;
-            progress(&format!(
-                "dpkg-deb -x {}",
-                deb.file_name().unwrap_or_default().to_string_lossy()
-            ));
-            run_checked(&work, &["dpkg-deb", "-x", &deb.to_string_lossy(), "x"])?;
-            let tarball = work.join(format!("x/usr/src/{pkg}.tar.xz"));
-            if !tarball.is_file() {
-                bail!("{} has no usr/src/{pkg}.tar.xz", deb.display());
+            if let Err(e) = crate::debian::unpack_source(&pkg, version, &tree, progress) {
+                let _ = fs::remove_dir_all(&dir);
+                return Err(e);
             }
-            progress(&format!("unpacking {pkg}.tar.xz"));
-            run_checked(&work, &["tar", "-xf", &tarball.to_string_lossy()])?;
-            let top = work.join(&pkg);
-            if !top.join("Makefile").is_file() {
-                bail!("{pkg}.tar.xz did not unpack to {pkg}/ with a Makefile");
-            }
-            fs::rename(&top, &tree)?;
-            fs::remove_dir_all(&work)?;
             fs::write(dir.join("complete"), format!("{pkg}={version}\n"))?;
             Ok(tree)
         }
