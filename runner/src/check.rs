@@ -775,7 +775,7 @@ mod tests {
         let honest = replay::replay(&case, &records);
         assert_eq!(unearned(&case, &run, &honest), None);
         let i = step_of(&case, 1, "cache_check");
-        type Spoil = Box<dyn Fn(&mut CaseRun, &mut replay::Replay)>;
+        type Spoil<'a> = Box<dyn Fn(&mut CaseRun, &mut replay::Replay) + 'a>;
         let broken: [(&str, Spoil); 6] = [
             (
                 "a step never reached",
