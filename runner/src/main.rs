@@ -52,6 +52,14 @@ struct VmArgs {
     /// Guest userspace: a pinned image from images/ (`image build NAME` first); default: the host root, read-only.
     #[arg(long)]
     image: Option<String>,
+    /// An extra kernel command-line parameter for every boot (repeatable), e.g.
+    /// `--kernel-arg preempt=full` to run a case under another preemption model.
+    #[arg(long = "kernel-arg", value_name = "PARAM", value_parser = parse_kernel_arg)]
+    kernel_args: Vec<String>,
+}
+
+fn parse_kernel_arg(a: &str) -> Result<String, String> {
+    vm::check_kernel_arg(a).map(|()| a.to_string())
 }
 
 #[derive(Subcommand)]
@@ -420,6 +428,10 @@ fn run_options(k: &kernel::Kernel, args: &VmArgs) -> Result<run::RunOptions> {
     opts.keep = args.keep;
     opts.memory = args.memory.clone();
     opts.cpus = args.cpus;
+    opts.kernel_args = args.kernel_args.clone();
+    if !args.kernel_args.is_empty() {
+        eprintln!("note: kernel command line + {}", args.kernel_args.join(" "));
+    }
     opts.root = args
         .image
         .as_deref()

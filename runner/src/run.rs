@@ -32,6 +32,8 @@ pub struct RunOptions {
     pub accel_override: Option<Accel>,
     /// Copy each run's `logs/` and `results/` (not the disks) into a new dir under this one.
     pub save_logs: Option<PathBuf>,
+    /// Extra kernel command-line parameters for every boot.
+    pub kernel_args: Vec<String>,
 }
 
 impl RunOptions {
@@ -46,6 +48,7 @@ impl RunOptions {
             work_parent: None,
             accel_override: None,
             save_logs: None,
+            kernel_args: Vec::new(),
         }
     }
 }
@@ -169,6 +172,7 @@ pub fn vm_config(
         root: opts.root.clone(),
         modules: kernel.release.clone().zip(kernel.modules.clone()),
         udev: case.vm.udev,
+        kernel_args: opts.kernel_args.clone(),
     }
 }
 

@@ -50,6 +50,8 @@ pub struct VmConfig {
     pub modules: Option<(String, PathBuf)>,
     /// Let the guest start udev (the case's `vm: { udev: true }`); see [`launch_command`].
     pub udev: bool,
+    /// Extra kernel command-line parameters (`--kernel-arg`), after the runner's own.
+    pub kernel_args: Vec<String>,
 }
 
 fn kernel_args(kernel: &Path) -> Vec<String> {
@@ -114,7 +116,16 @@ pub const UNUSED_INITCALLS: &[&str] = &["ahci_pci_driver_init", "piix_init", "i8
 /// workers, not one per event (measured: 3.0 s of coldplug instead of 3.4–4.8 s on one TCG
 /// vCPU); no crypto self-tests at boot (each algorithm registered runs one, and asks for
 /// modules the initramfs does not have: Debian 6.12 reached `/init` ~0.9 s later under TCG).
-fn machine_args(memory: &str, cpus: u32) -> Vec<String> {
+fn machine_args(memory: &str, cpus: u32, extra: &[String]) -> Vec<String> {
+    let mut append = format!(
+        "modprobe.blacklist={} initcall_blacklist={} udev.children_max=2 cryptomgr.notests",
+        UNUSED_DRIVERS.join(","),
+        UNUSED_INITCALLS.join(",")
+    );
+    for a in extra {
+        append.push(' ');
+        append.push_str(a);
+    }
     vec![
         "--disable-microvm".into(),
         "--verbose".into(),
@@ -123,12 +134,22 @@ fn machine_args(memory: &str, cpus: u32) -> Vec<String> {
         "--cpus".into(),
         cpus.to_string(),
         "--append".into(),
-        format!(
-            "modprobe.blacklist={} initcall_blacklist={} udev.children_max=2 cryptomgr.notests",
-            UNUSED_DRIVERS.join(","),
-            UNUSED_INITCALLS.join(",")
-        ),
+        append,
     ]
+}
+
+/// A `--kernel-arg` value: one `name` or `name=value` parameter, nothing the command line
+/// would split or quote.
+pub fn check_kernel_arg(a: &str) -> Result<(), String> {
+    if a.is_empty()
+        || a.starts_with('=')
+        || a.chars().any(|c| c.is_whitespace() || "\"'\\".contains(c))
+    {
+        return Err(format!(
+            "--kernel-arg `{a}`: one parameter, `name` or `name=value`, without spaces or quotes"
+        ));
+    }
+    Ok(())
 }
 
 /// Raw disks with explicit `format=raw` (QEMU's probing would forbid writes to block 0,
@@ -172,7 +193,7 @@ pub fn vng_args(cfg: &VmConfig) -> Vec<String> {
     let mut a = Vec::new();
     a.extend(kernel_args(&cfg.kernel));
     a.extend(accel_args(cfg.accel));
-    a.extend(machine_args(&cfg.memory, cfg.cpus));
+    a.extend(machine_args(&cfg.memory, cfg.cpus, &cfg.kernel_args));
     a.extend(share_args(
         &cfg.rwdir,
         cfg.root.as_deref(),
@@ -647,6 +668,26 @@ mod tests {
             root: None,
             modules: Some(("6.12".into(), "/k/lib/modules/6.12".into())),
             udev: false,
+            kernel_args: vec![],
+        }
+    }
+
+    #[test]
+    fn kernel_args_go_after_the_runners_own() {
+        let mut c = cfg();
+        c.kernel_args = vec!["preempt=full".into(), "quiet".into()];
+        let a = vng_args(&c);
+        let i = a.iter().position(|x| x == "--append").unwrap();
+        assert!(
+            a[i + 1].ends_with("cryptomgr.notests preempt=full quiet"),
+            "{}",
+            a[i + 1]
+        );
+        assert!(vng_args(&cfg())[i + 1].ends_with("cryptomgr.notests"));
+        assert!(check_kernel_arg("preempt=full").is_ok());
+        assert!(check_kernel_arg("nokaslr").is_ok());
+        for bad in ["", "=x", "a b", "x=\"y\"", "x='y'", "a\tb"] {
+            assert!(check_kernel_arg(bad).is_err(), "{bad:?}");
         }
     }
 
