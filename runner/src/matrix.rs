@@ -53,13 +53,31 @@ pub struct KernelEntry {
     pub suite: Suite,
 }
 
-/// Which test suite a matrix kernel belongs to.
+/// Which test suite a matrix kernel (or pair) belongs to.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Suite {
     #[default]
     Default,
     Full,
+}
+
+impl Suite {
+    fn is_default(&self) -> bool {
+        *self == Suite::Default
+    }
+}
+
+impl Matrix {
+    /// Whether `cargo test` runs this pair only in the full suite: its kernel or the pair
+    /// itself says `suite: full`.
+    pub fn full_suite_only(&self, p: &Pair) -> bool {
+        p.suite == Suite::Full
+            || self
+                .kernels
+                .get(&p.kernel)
+                .is_some_and(|k| k.suite == Suite::Full)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -80,6 +98,11 @@ pub struct Pair {
     pub classify: BTreeMap<String, String>,
     #[serde(default)]
     pub cache_target: Option<String>,
+    /// `full`: the pair runs only in the full suite (`cargo test -- --include-ignored`, the
+    /// `matrix` command, the workflow), like every pair of a `suite: full` kernel: measured and
+    /// re-checked, but kept out of `cargo test`'s default set so `.ci/run` fits its budget.
+    #[serde(default, skip_serializing_if = "Suite::is_default")]
+    pub suite: Suite,
     /// Texts of which at least one failure of the verdict must contain one (empty: no demand).
     #[serde(
         default,
@@ -700,6 +723,27 @@ pairs:
             "build:/repo/src,/abs.patch"
         );
         assert_eq!(anchor_spec("debian:6.1.0-56", d), "debian:6.1.0-56");
+    }
+
+    #[test]
+    fn full_suite_by_kernel_or_by_pair() {
+        let text = format!(
+            "{}  - {{ kernel: k1, case: c, outcome: o, verdict: pass, suite: full }}\n",
+            M.trim_start()
+        );
+        let m = parse(&text, "m.yaml").unwrap();
+        assert!(!m.full_suite_only(&m.pairs[0]));
+        assert!(m.full_suite_only(&m.pairs[1]));
+        let mut k = m.clone();
+        k.kernels.get_mut("k1").unwrap().suite = Suite::Full;
+        assert!(k.full_suite_only(&k.pairs[0]));
+        let e = parse(&text.replace("suite: full", "suite: nightly"), "m.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("m.yaml:9:62: pairs[1].suite: unknown variant `nightly`"),
+            "{e}"
+        );
     }
 
     #[test]

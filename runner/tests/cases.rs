@@ -626,7 +626,7 @@ fn main() {
             m.kernels[&pair.kernel].spec.clone(),
             kernels.clone(),
         );
-        let full = m.kernels[&pair.kernel].suite == matrix::Suite::Full;
+        let full = m.full_suite_only(pair);
         trials.push(
             Trial::test(format!("vm::{}", pair.id()), move || {
                 run_pair(&p, &spec, &ks)
