@@ -765,6 +765,99 @@ mod tests {
         assert_fails(&v, "although the host finds the step met its expectations");
     }
 
+    /// A one-boot case for the assertion and classification paths: `b` and `c` are only
+    /// made when `a` is `9` (it is `1`), one assertion per kind.
+    fn small_case(asserts: &str) -> Case {
+        let text = format!(
+            r#"name: small
+summary: s
+disks:
+  - {{ name: sdc, size: 16MiB }}
+boots:
+  - name: one
+    steps:
+      - capture: a
+        run: echo 1
+      - capture: b
+        run: echo 2
+        when: {{ a: "9" }}
+      - classify: c
+        run: "true"
+        when: {{ a: "9" }}
+        outcomes:
+          - {{ label: ok, status: 0 }}
+      - capture: d
+        run: echo 1
+assert:
+{asserts}
+expect:
+  - classify: {{ c: ok }}
+"#
+        );
+        crate::case::parse(&text, "small.yaml").unwrap()
+    }
+
+    /// The records of `small_case`, with the console text `console` in the kernel log of the
+    /// one step.
+    fn judge_small(case: &Case, log: &[&str]) -> Verdict {
+        let mut recs = honest_guest(case, 0, &[], &[]);
+        recs[0].steps[0].dmesg = log.iter().map(|l| l.to_string()).collect();
+        judge(case, &recs)
+    }
+
+    #[test]
+    fn a_classification_never_made_fails_even_when_every_boot_ended_well() {
+        let case = small_case("  - { equal: [a, d] }");
+        let v = judge_small(&case, &[]);
+        assert_fails(&v, "`c` was never classified");
+    }
+
+    #[test]
+    fn an_assertion_on_a_value_never_captured_fails() {
+        let case = small_case("  - { equal: [a, b] }");
+        let v = judge_small(&case, &[]);
+        assert_fails(&v, "assertion failed: a == b");
+        assert!(v
+            .failures
+            .iter()
+            .any(|f| f.detail.contains(&"b = (not captured)".to_string())));
+    }
+
+    #[test]
+    fn kernel_log_assertions_look_where_they_are_told() {
+        let case = small_case(
+            "  - { dmesg_absent: \"BUG:\", boot: one }\n  - { dmesg_contains: \"hello\", boot: one }",
+        );
+        let both = |v: &Verdict| -> Vec<String> {
+            v.failures
+                .iter()
+                .map(|f| f.what.clone())
+                .filter(|w| w.contains("kernel log"))
+                .collect()
+        };
+        let v = judge_small(&case, &["hello"]);
+        assert!(both(&v).is_empty(), "{:#?}", v.failures);
+        let v = judge_small(&case, &["hello", "BUG: kernel NULL pointer dereference"]);
+        assert_eq!(
+            both(&v),
+            vec!["assertion failed: kernel log lacks `BUG:`"],
+            "{:#?}",
+            v.failures
+        );
+        let v = judge_small(&case, &[]);
+        assert_eq!(
+            both(&v),
+            vec!["assertion failed: kernel log contains `hello`"]
+        );
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(Status::Pass.exit_code(), 0);
+        assert_eq!(Status::Fail.exit_code(), 1);
+        assert_eq!(Status::Infra.exit_code(), 2);
+    }
+
     /// The last belt: whatever slipped past every other check, a boot that did not end as
     /// planned or a step without a consistent record is never a PASS.
     #[test]
