@@ -162,6 +162,11 @@ pub struct VmSpec {
     /// probing of our devices can itself change a cache (it promoted an origin block once).
     #[serde(default)]
     pub udev: bool,
+    /// Extra kernel command-line parameters for every boot of this case (after the runner's
+    /// own, before `--kernel-arg`), e.g. `[preempt=full]` where the outcome would otherwise
+    /// depend on the kernel's default preemption model.
+    #[serde(default)]
+    pub kernel_args: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -1042,6 +1047,11 @@ impl Case {
         if self.disks.is_empty() {
             return err(vec![Key("disks")], "at least one disk".into());
         }
+        for (i, a) in self.vm.kernel_args.iter().enumerate() {
+            if let Err(msg) = crate::vm::check_kernel_arg(a) {
+                return err(vec![Key("vm"), Key("kernel_args"), Index(i)], msg);
+            }
+        }
         let mut disk_names = Vec::new();
         for (i, d) in self.disks.iter().enumerate() {
             let at = vec![Key("disks"), Index(i), Key("name")];
@@ -1460,6 +1470,27 @@ expect:
         ));
         assert!(e.contains("this one has `capture` and `classify`"), "{e}");
         assert!(e.starts_with("bad.yaml:9:"), "{e}");
+    }
+
+    #[test]
+    fn kernel_args_of_a_case() {
+        let c = parse(
+            &GOOD.replace(
+                "disks:",
+                "vm: { kernel_args: [preempt=full, nokaslr] }\ndisks:",
+            ),
+            "t.yaml",
+        )
+        .unwrap();
+        assert_eq!(c.vm.kernel_args, vec!["preempt=full", "nokaslr"]);
+        let e = err_of(&GOOD.replace(
+            "disks:",
+            "vm: { kernel_args: [preempt=full, \"a b\"] }\ndisks:",
+        ));
+        assert!(
+            e.starts_with("bad.yaml:4:35: vm.kernel_args[1]: kernel parameter `a b`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -172,7 +172,13 @@ pub fn vm_config(
         root: opts.root.clone(),
         modules: kernel.release.clone().zip(kernel.modules.clone()),
         udev: case.vm.udev,
-        kernel_args: opts.kernel_args.clone(),
+        kernel_args: case
+            .vm
+            .kernel_args
+            .iter()
+            .chain(&opts.kernel_args)
+            .cloned()
+            .collect(),
     }
 }
 

@@ -146,7 +146,7 @@ pub fn check_kernel_arg(a: &str) -> Result<(), String> {
         || a.chars().any(|c| c.is_whitespace() || "\"'\\".contains(c))
     {
         return Err(format!(
-            "--kernel-arg `{a}`: one parameter, `name` or `name=value`, without spaces or quotes"
+            "kernel parameter `{a}`: one parameter, `name` or `name=value`, without spaces or quotes"
         ));
     }
     Ok(())

@@ -146,9 +146,10 @@ pub fn check_requires(kernel: &Kernel, case: &str, required: &[String]) -> Resul
     }
     let Some(path) = &kernel.config else {
         bail!(
-            "case {case} requires {} but the config of kernel {} is unknown (no config file beside it): use a kernel with its config, e.g. build:…,kconfigs/kasan.config",
+            "case {case} requires {} but the config of kernel {} is unknown (no config file beside it): use a kernel with its config (a Debian kernel, or a build: spec; {})",
             required.join(", "),
-            kernel.spec
+            kernel.spec,
+            fragment_hint(&required.iter().map(String::as_str).collect::<Vec<_>>(), &repo_fragments())
         );
     };
     let text = std::fs::read_to_string(path).with_context(|| {
@@ -161,13 +162,66 @@ pub fn check_requires(kernel: &Kernel, case: &str, required: &[String]) -> Resul
     let missing = missing_options(&text, required);
     if !missing.is_empty() {
         bail!(
-            "kernel {} lacks {} (not set in {}), which case {case} requires: add the fragment that sets it to the build: spec, e.g. kconfigs/kasan.config",
+            "kernel {} lacks {} (not set in {}), which case {case} requires: {}",
             kernel.spec,
             missing.join(", "),
-            path.display()
+            path.display(),
+            fragment_hint(&missing, &repo_fragments())
         );
     }
     Ok(())
+}
+
+/// The repository's kconfig fragments (`kconfigs/*.config`): (name as written in a spec, text).
+fn repo_fragments() -> Vec<(String, String)> {
+    let Some(dir) = crate::kbuild::default_kconfigs()
+        .first()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+    else {
+        return vec![];
+    };
+    let mut out: Vec<(String, String)> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "config"))
+        .filter_map(|e| {
+            let text = std::fs::read_to_string(e.path()).ok()?;
+            Some((
+                format!("kconfigs/{}", e.file_name().to_string_lossy()),
+                text,
+            ))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// How to get a kernel with the `missing` options: the fragments that set all of them, named
+/// for a `build:` spec, or what a fragment of one's own must say.
+pub fn fragment_hint(missing: &[&str], fragments: &[(String, String)]) -> String {
+    let owned: Vec<String> = missing.iter().map(|s| s.to_string()).collect();
+    let fit: Vec<&str> = fragments
+        .iter()
+        .filter(|(_, text)| missing_options(text, &owned).is_empty())
+        .map(|(name, _)| name.as_str())
+        .collect();
+    if fit.is_empty() {
+        format!(
+            "add a kconfig fragment with {} to the build: spec",
+            missing
+                .iter()
+                .map(|m| format!("{m}=y"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    } else {
+        format!(
+            "add {} to the build: spec (e.g. build:debian:6.12,{})",
+            fit.join(" or "),
+            fit[0]
+        )
+    }
 }
 
 fn read_release(image: &Path) -> Result<String> {
@@ -491,6 +545,33 @@ mod tests {
         std::fs::write(f.path(), "hello").unwrap();
         let e = from_image(f.path(), None, "x").unwrap_err().to_string();
         assert!(e.contains("is not a Linux kernel image"), "{e}");
+    }
+
+    #[test]
+    fn the_hint_names_the_fragment_that_sets_what_is_missing() {
+        let frags = vec![
+            (
+                "kconfigs/dm-delay.config".to_string(),
+                "# x\nCONFIG_DM_DELAY=y\n".to_string(),
+            ),
+            (
+                "kconfigs/kasan.config".to_string(),
+                "CONFIG_KASAN=y\nCONFIG_KASAN_VMALLOC=y\n".to_string(),
+            ),
+        ];
+        assert_eq!(
+            fragment_hint(&["CONFIG_DM_DELAY"], &frags),
+            "add kconfigs/dm-delay.config to the build: spec (e.g. build:debian:6.12,kconfigs/dm-delay.config)"
+        );
+        assert!(fragment_hint(&["CONFIG_KASAN_VMALLOC"], &frags).contains("kconfigs/kasan.config"));
+        assert_eq!(
+            fragment_hint(&["CONFIG_DM_DELAY", "CONFIG_KASAN"], &frags),
+            "add a kconfig fragment with CONFIG_DM_DELAY=y, CONFIG_KASAN=y to the build: spec"
+        );
+        // the repository's own fragments are found
+        assert!(repo_fragments()
+            .iter()
+            .any(|(n, _)| n == "kconfigs/dm-delay.config"));
     }
 
     #[test]
