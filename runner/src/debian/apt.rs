@@ -180,22 +180,14 @@ impl AptState {
     /// The wanted records of every `Packages` list apt fetched, with their suite
     /// (from `apt-get indextargets`; compressed lists are read with `apt-helper cat-file`).
     fn read_lists(&self) -> Result<Vec<Record>> {
-        let out = self
-            .command("apt-get")
-            .args([
-                "indextargets",
-                "--format",
-                "$(FILENAME)\t$(RELEASE)",
-                "Identifier: Packages",
-            ])
-            .output()
-            .context("cannot run apt-get indextargets")?;
-        if !out.status.success() {
-            bail!(
-                "apt-get indextargets failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
+        let mut cmd = self.command("apt-get");
+        cmd.args([
+            "indextargets",
+            "--format",
+            "$(FILENAME)\t$(RELEASE)",
+            "Identifier: Packages",
+        ]);
+        let out = super::succeed(&mut cmd, "apt-get indextargets", "install apt")?;
         let mut records = Vec::new();
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let Some((file, suite)) = line.split_once('\t') else {

@@ -227,20 +227,33 @@ pub fn fetch_entry(
 
 fn dpkg_extract(deb: &Path, into: &Path) -> Result<()> {
     std::fs::create_dir_all(into)?;
-    let out = Command::new("dpkg-deb")
-        .arg("-x")
-        .arg(deb)
-        .arg(into)
+    let mut cmd = Command::new("dpkg-deb");
+    cmd.arg("-x").arg(deb).arg(into);
+    succeed(
+        &mut cmd,
+        &format!("dpkg-deb -x {}", deb.display()),
+        "apt-get install dpkg",
+    )?;
+    Ok(())
+}
+
+/// Runs `cmd` to its end; its output, or an error naming `what` (and `install`, the fix when
+/// it cannot be started) with the tail of its stderr.
+pub(crate) fn succeed(
+    cmd: &mut Command,
+    what: &str,
+    install: &str,
+) -> Result<std::process::Output> {
+    let out = cmd
         .output()
-        .context("cannot run dpkg-deb (apt-get install dpkg)")?;
+        .with_context(|| format!("cannot run {what} ({install})"))?;
     if !out.status.success() {
         bail!(
-            "dpkg-deb -x {} failed: {}",
-            deb.display(),
+            "{what} failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    Ok(())
+    Ok(out)
 }
 
 /// The newest complete `debian-ABI` kernel in the cache matching a series or ABI prefix.
@@ -368,18 +381,13 @@ pub fn unpack_source(
         bail!("{pkg}={version} has no usr/src/{pkg}.tar.xz");
     }
     progress(&format!("unpacking {pkg}.tar.xz"));
-    let out = Command::new("tar")
-        .arg("-xf")
-        .arg(&tarball)
-        .current_dir(work.path())
-        .output()
-        .context("cannot run tar")?;
-    if !out.status.success() {
-        bail!(
-            "tar -xf {pkg}.tar.xz failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    let mut tar = Command::new("tar");
+    tar.arg("-xf").arg(&tarball).current_dir(work.path());
+    succeed(
+        &mut tar,
+        &format!("tar -xf {pkg}.tar.xz"),
+        "apt-get install tar xz-utils",
+    )?;
     let top = work.path().join(pkg);
     if !top.join("Makefile").is_file() {
         bail!("{pkg}.tar.xz did not unpack to {pkg}/ with a Makefile");
