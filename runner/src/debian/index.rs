@@ -473,9 +473,8 @@ fn matching<'a>(all: &'a [KernelEntry], spec: &str) -> Vec<&'a KernelEntry> {
 /// Bookworm's ABI names and package versions have the same shape; an ABI name's third
 /// component is always 0 (`6.1.0-N`), a package version's never is.
 fn spec_field(spec: &str) -> fn(&KernelEntry) -> &str {
-    let abi_like = spec.ends_with("+deb12")
-        || spec.ends_with("+deb13")
-        || spec.ends_with("+deb14")
+    // `6.12.117+deb13` (no `-`: a package version always has its Debian revision after one)
+    let abi_like = (spec.contains("+deb") && !spec.contains('-'))
         || spec
             .split_once('-')
             .is_some_and(|(up, n)| up.ends_with(".0") && n.bytes().all(|b| b.is_ascii_digit()));
@@ -813,6 +812,8 @@ pub(crate) mod tests {
         // An ABI-style spec is ordered among ABI names, not by its upstream version.
         let e = abi("6.1.0-99").unwrap_err();
         assert!(e.contains("6.1.0-57, 6.1.0-56 ("), "{e}");
+        let e = abi("6.18.99+deb13").unwrap_err();
+        assert!(e.contains("6.18.15+deb13"), "{e}");
         let e = abi("6.1.190-1").unwrap_err();
         assert!(e.contains("6.1.0-57, 6.1.0-56, 6.1.0-50 ("), "{e}");
         let e = abi("5.10").unwrap_err();
