@@ -174,6 +174,12 @@ enum KernelCmd {
         /// Refresh the index now (otherwise it is refreshed when older than a day).
         #[arg(long)]
         refresh: bool,
+        /// Kernel source trees instead (`build:` sources): every `linux-source-*` package
+        /// and every `linux` source upload's orig tarball, whether it can be had and why
+        /// not (the mirror is asked once per tarball; the answer is cached).  `kernel list
+        /// --sources 6.18`.
+        #[arg(long)]
+        sources: bool,
     },
     /// Build a small bzImage with dm-cache built in from a source tree plus patches
     /// (kconfigs/dm-cache.config + --kconfig fragments); print its path and timings.
@@ -255,8 +261,13 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Kernel {
-            cmd: KernelCmd::List { what, refresh },
-        } => cmd_kernel_list(&what, refresh),
+            cmd:
+                KernelCmd::List {
+                    what,
+                    refresh,
+                    sources,
+                },
+        } => cmd_kernel_list(&what, refresh, sources),
         Cmd::Bisect {
             name,
             kernels,
@@ -459,7 +470,12 @@ fn cmd_case(name: &str, args: &RunArgs, verbose: bool) -> Result<i32> {
 }
 
 /// `kernel list [debian[:SERIES]]`.
-fn cmd_kernel_list(what: &str, refresh: bool) -> Result<i32> {
+fn cmd_kernel_list(what: &str, refresh: bool, sources: bool) -> Result<i32> {
+    let what = match what {
+        w if sources && debian::version::is_series(w) => format!("debian:{w}"),
+        w => w.to_string(),
+    };
+    let what = what.as_str();
     let filter = match what.strip_prefix("debian") {
         Some("") => None,
         Some(f) => match f.strip_prefix(':') {
@@ -477,6 +493,18 @@ fn cmd_kernel_list(what: &str, refresh: bool) -> Result<i32> {
         debian::Refresh::IfStale
     };
     let p = report::Progress::new("debian");
+    if sources {
+        if let Some(f) = filter.filter(|f| !debian::version::is_series(f)) {
+            anyhow::bail!("`debian:{f}`: --sources lists a series (e.g. 6.18) or all");
+        }
+        if refresh {
+            archive.index(mode, &mut |m| p.message(m))?;
+        }
+        let rows = debian::source_rows(filter, &mut |m| p.message(m));
+        p.finish();
+        print!("{}", debian::render_source_rows(&rows?));
+        return Ok(0);
+    }
     let got = archive.index(mode, &mut |m| p.message(m));
     p.finish();
     let (index, info) = got?;

@@ -4,6 +4,7 @@
 //! do not run.
 
 use super::index::{parse_packages, Record};
+use super::orig::{parse_sources, SourceRecord};
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -36,6 +37,9 @@ impl AptState {
     }
     fn index_file(&self) -> PathBuf {
         self.root.join("index.json")
+    }
+    fn sources_file(&self) -> PathBuf {
+        self.root.join("sources.json")
     }
 
     /// The `-o` options that point apt at this state only.
@@ -93,7 +97,7 @@ impl AptState {
 
     /// When the index was last refreshed, if ever.
     pub fn updated_at(&self) -> Option<SystemTime> {
-        if !self.index_file().exists() {
+        if !self.index_file().exists() || !self.sources_file().exists() {
             return None;
         }
         self.stamp().metadata().ok()?.modified().ok()
@@ -159,9 +163,9 @@ impl AptState {
                     .trim()
             );
         }
-        let tmp = self.index_file().with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec(&records)?)?;
-        std::fs::rename(&tmp, self.index_file())?;
+        let sources = self.read_source_lists()?;
+        write_atomic(&self.index_file(), &serde_json::to_vec(&records)?)?;
+        write_atomic(&self.sources_file(), &serde_json::to_vec(&sources)?)?;
         std::fs::write(self.stamp(), "")?;
         Ok(warnings)
     }
@@ -177,27 +181,55 @@ impl AptState {
         serde_json::from_slice(&text).with_context(|| format!("{}", self.index_file().display()))
     }
 
-    /// The wanted records of every `Packages` list apt fetched, with their suite
-    /// (from `apt-get indextargets`; compressed lists are read with `apt-helper cat-file`).
-    fn read_lists(&self) -> Result<Vec<Record>> {
+    /// The saved `linux` source-package uploads (see [`super::orig`]).
+    pub fn load_sources(&self) -> Result<Vec<SourceRecord>> {
+        let text = std::fs::read(self.sources_file()).with_context(|| {
+            format!(
+                "no Debian source index at {} (run `dmcache-vmtest kernel list --refresh`)",
+                self.sources_file().display()
+            )
+        })?;
+        serde_json::from_slice(&text).with_context(|| format!("{}", self.sources_file().display()))
+    }
+
+    /// Every list of one index target apt fetched, as (text, suite) (from `apt-get
+    /// indextargets`; compressed lists are read with `apt-helper cat-file`).
+    fn each_list(&self, target: &str, f: &mut dyn FnMut(&str, &str)) -> Result<()> {
         let mut cmd = self.command("apt-get");
+        let ident = format!("Identifier: {target}");
         cmd.args([
             "indextargets",
             "--format",
             "$(FILENAME)\t$(RELEASE)",
-            "Identifier: Packages",
+            &ident,
         ]);
         let out = super::succeed(&mut cmd, "apt-get indextargets", "install apt")?;
-        let mut records = Vec::new();
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let Some((file, suite)) = line.split_once('\t') else {
                 continue;
             };
-            let Some(text) = read_list(Path::new(file))? else {
-                continue;
-            };
-            records.extend(parse_packages(&text, suite));
+            if let Some(text) = read_list(Path::new(file))? {
+                f(&text, suite);
+            }
         }
+        Ok(())
+    }
+
+    /// The wanted records of every `Packages` list, with their suite.
+    fn read_lists(&self) -> Result<Vec<Record>> {
+        let mut records = Vec::new();
+        self.each_list("Packages", &mut |text, suite| {
+            records.extend(parse_packages(text, suite))
+        })?;
+        Ok(records)
+    }
+
+    /// The `linux` uploads of every `Sources` list, with their suite.
+    fn read_source_lists(&self) -> Result<Vec<SourceRecord>> {
+        let mut records = Vec::new();
+        self.each_list("Sources", &mut |text, suite| {
+            records.extend(parse_sources(text, suite))
+        })?;
         Ok(records)
     }
 
@@ -239,6 +271,17 @@ impl AptState {
             })
             .collect()
     }
+}
+
+/// Writes `path` through a temporary file beside it, synced, then renamed into place.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
 }
 
 const COMPRESSED: &[&str] = &["lz4", "zst", "gz", "xz", "bz2", "lzma"];
@@ -309,6 +352,7 @@ mod tests {
         assert!(s.write_sources("deb x z main\n").unwrap());
         assert!(d.path().join("debian/state/lists/partial").is_dir());
         std::fs::write(s.index_file(), "[]").unwrap();
+        std::fs::write(s.sources_file(), "[]").unwrap();
         std::fs::write(s.stamp(), "").unwrap();
         assert!(!s.stale());
         assert!(s.load_index().unwrap().is_empty());

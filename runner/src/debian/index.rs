@@ -293,6 +293,20 @@ impl Index {
         (abi, Form::Split, packages, unusable)
     }
 
+    /// The series that have a `linux-source-SERIES` package.
+    pub fn source_series(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .records
+            .iter()
+            .filter_map(|r| r.package.strip_prefix("linux-source-"))
+            .filter(|s| version::is_series(s))
+            .map(str::to_string)
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
     /// Versions of `linux-source-SERIES`, newest first, each with its suites.
     pub fn sources(&self, series: &str) -> Vec<(String, Vec<String>)> {
         let pkg = format!("linux-source-{series}");

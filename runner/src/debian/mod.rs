@@ -15,12 +15,14 @@
 
 pub mod apt;
 pub mod index;
+pub mod orig;
 pub mod sources;
 pub mod version;
 
 pub use index::{Form, Index, KernelEntry};
 
 use anyhow::{bail, Context, Result};
+use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::SystemTime;
@@ -278,13 +280,20 @@ pub fn newest_cached(spec: &str) -> Option<PathBuf> {
     found.pop().map(|abi| kernel_dir(&abi))
 }
 
-/// A `linux-source` spec: `6.12` (newest), `6.12.117` (the newest package of that upstream
-/// version) or `6.12=6.12.117-1~deb12u1` (that package version).  Returns the package name
-/// and the version from the index (refreshed when due); `None` when no index can be had.
-pub fn source_version(
-    spec: &str,
-    progress: &mut dyn FnMut(&str),
-) -> Result<Option<(String, String)>> {
+/// Where a source spec's tree comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceTree {
+    /// Debian's `linux-source-SERIES` binary package (Debian's patched tree).
+    Package { pkg: String, version: String },
+    /// The `linux` source package's upstream orig tarball, from `mirror`.
+    Orig { tree: orig::Tree, mirror: String },
+}
+
+/// A source spec: `6.12` (newest), `6.12.117` (that upstream version) or
+/// `6.12=6.12.117-1~deb12u1` (that package version).  `linux-source-SERIES` where the
+/// archive has a matching one; otherwise the orig tarball of a `linux` source upload that
+/// the mirror still serves (asked once, the answer cached).  `None` when no index can be had.
+pub fn source_tree(spec: &str, progress: &mut dyn FnMut(&str)) -> Result<Option<SourceTree>> {
     let (series, pin) = parse_source_spec(spec)?;
     let pkg = format!("linux-source-{series}");
     let got = Archive::open().and_then(|a| {
@@ -299,26 +308,145 @@ pub fn source_version(
         }
     };
     let versions = index.sources(&series);
-    let pick = versions.iter().map(|(v, _)| v).find(|v| match &pin {
+    let fits = |v: &str| match &pin {
         SourcePin::Newest => true,
         SourcePin::Upstream(u) => version::upstream(v) == *u,
-        SourcePin::Exact(x) => *v == x,
-    });
-    match pick {
-        Some(v) => Ok(Some((pkg, v.clone()))),
-        None if versions.is_empty() => bail!(
-            "no Debian package {pkg} in the runner's suites ({})",
-            archive.suites.join(", ")
-        ),
-        None => bail!(
-            "debian:{spec}: no such {pkg}; available: {}",
-            versions
-                .iter()
-                .map(|(v, _)| v.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        SourcePin::Exact(x) => v == x,
+    };
+    if let Some((v, _)) = versions.iter().find(|(v, _)| fits(v)) {
+        return Ok(Some(SourceTree::Package {
+            pkg,
+            version: v.clone(),
+        }));
     }
+    let records = archive.state.load_sources()?;
+    let trees = orig::trees(&records, &series);
+    let mirror = archive.mirrors.main.clone();
+    let candidates: Vec<&orig::Tree> = trees
+        .iter()
+        .filter(|t| t.uploads.iter().any(|(v, _)| fits(v)))
+        .collect();
+    let mut refused = Vec::new();
+    for t in &candidates {
+        let p = orig::probe(t, &mirror)?;
+        if p.ok {
+            return Ok(Some(SourceTree::Orig {
+                tree: (*t).clone(),
+                mirror,
+            }));
+        }
+        refused.push(format!("{}: {}", t.orig.name, p.why));
+    }
+    let had = |v: &[(String, Vec<String>)]| {
+        v.iter()
+            .map(|(v, _)| v.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !refused.is_empty() {
+        bail!(
+            "debian:{spec}: no tree can be had — {} (`kernel list --sources {series}` shows which can)",
+            refused.join("; ")
+        );
+    }
+    if versions.is_empty() && trees.is_empty() {
+        bail!(
+            "debian:{spec}: neither {pkg} nor a `linux` source upload of {series} in the runner's suites ({})",
+            archive.suites.join(", ")
+        );
+    }
+    let uploads: Vec<String> = trees.iter().map(|t| t.upstream.clone()).collect();
+    bail!(
+        "debian:{spec}: no such tree; {pkg}: {}; orig tarballs of {series}: {}",
+        if versions.is_empty() {
+            "none".into()
+        } else {
+            had(&versions)
+        },
+        if uploads.is_empty() {
+            "none".into()
+        } else {
+            uploads.join(", ")
+        }
+    )
+}
+
+/// One row of `kernel list --sources`: an upstream tree and whether it can be had.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceRow {
+    pub upstream: String,
+    /// Package versions (`linux-source-*` or `linux` uploads) with their suites.
+    pub uploads: Vec<(String, Vec<String>)>,
+    /// `linux-source-6.12 6.12.117-1` or `linux_6.18.15.orig.tar.xz`.
+    pub from: String,
+    pub ok: bool,
+    pub why: String,
+}
+
+/// Every tree of a series (or of every series) that the index knows, newest first: the
+/// `linux-source-*` packages, then each `linux` upload's orig tarball, asked of the mirror
+/// once (the answers cached).
+pub fn source_rows(series: Option<&str>, progress: &mut dyn FnMut(&str)) -> Result<Vec<SourceRow>> {
+    let archive = Archive::open()?;
+    let (index, _) = archive.index(Refresh::IfStale, progress)?;
+    let records = archive.state.load_sources()?;
+    let mut all_series: Vec<String> = records
+        .iter()
+        .filter_map(|r| version::series(&version::upstream(&r.version)))
+        .chain(index.source_series())
+        .filter(|s| series.is_none_or(|x| x == s))
+        .collect();
+    all_series.sort_by(|a, b| version::cmp(b, a));
+    all_series.dedup();
+    let mut rows = Vec::new();
+    for s in &all_series {
+        for (v, suites) in index.sources(s) {
+            rows.push(SourceRow {
+                upstream: version::upstream(&v),
+                from: format!("linux-source-{s} {v}"),
+                uploads: vec![(v, suites)],
+                ok: true,
+                why: "a binary package (Debian's patched tree)".into(),
+            });
+        }
+        for t in orig::trees(&records, s) {
+            let p = orig::probe(&t, &archive.mirrors.main)?;
+            rows.push(SourceRow {
+                upstream: t.upstream.clone(),
+                from: t.orig.name.clone(),
+                uploads: t.uploads.clone(),
+                ok: p.ok,
+                why: p.why,
+            });
+        }
+    }
+    rows.sort_by(|a, b| version::cmp(&b.upstream, &a.upstream));
+    Ok(rows)
+}
+
+/// The `kernel list --sources` table.
+pub fn render_source_rows(rows: &[SourceRow]) -> String {
+    let mut out = format!(
+        "{:<12} {:<36} {:<5} {}\n",
+        "upstream", "tree", "ok", "uploads / why"
+    );
+    for r in rows {
+        let uploads = r
+            .uploads
+            .iter()
+            .map(|(v, s)| format!("{v} ({})", s.join(",")))
+            .collect::<Vec<_>>()
+            .join(" ");
+        out += &format!(
+            "{:<12} {:<36} {:<5} {uploads}\n{:<55}{}\n",
+            r.upstream,
+            r.from,
+            if r.ok { "yes" } else { "no" },
+            "",
+            r.why
+        );
+    }
+    out
 }
 
 /// What a `linux-source` spec pins.

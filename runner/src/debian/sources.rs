@@ -245,7 +245,7 @@ pub fn suites_from(var: Option<&str>) -> Vec<String> {
 }
 
 /// The runner's one-line sources list: amd64 `main` of every suite, only the `Packages`
-/// index, signatures checked with `keyring`.  Returns the text and the suites left out
+/// index (and, but for security suites, the `Sources` index), signatures checked with `keyring`.  Returns the text and the suites left out
 /// (security suites without a security mirror).
 pub fn render_list(m: &Mirrors, suites: &[String], keyring: &Path) -> (String, Vec<String>) {
     let mut text = String::from("# written by dmcache-vmtest; mirror from ");
@@ -268,6 +268,14 @@ pub fn render_list(m: &Mirrors, suites: &[String], keyring: &Path) -> (String, V
             "deb [arch=amd64 target=Packages signed-by={}] {uri} {s} main\n",
             keyring.display()
         );
+        // The `linux` source package's uploads (their orig tarballs are upstream trees);
+        // the security archive's sources add nothing a stable tree needs.
+        if !s.ends_with("-security") {
+            text += &format!(
+                "deb-src [target=Sources signed-by={}] {uri} {s} main\n",
+                keyring.display()
+            );
+        }
     }
     (text, skipped)
 }
@@ -469,7 +477,9 @@ Enabled: no
             text.lines().skip(1).collect::<Vec<_>>(),
             vec![
                 "deb [arch=amd64 target=Packages signed-by=/k.gpg] http://m.example/debian trixie main",
+                "deb-src [target=Sources signed-by=/k.gpg] http://m.example/debian trixie main",
                 "deb [arch=amd64 target=Packages signed-by=/k.gpg] http://m.example/debian sid main",
+                "deb-src [target=Sources signed-by=/k.gpg] http://m.example/debian sid main",
             ]
         );
         let with_sec = Mirrors {
@@ -479,6 +489,9 @@ Enabled: no
         let (text, skipped) = render_list(&with_sec, &suites, Path::new("/k.gpg"));
         assert!(skipped.is_empty());
         assert!(text.contains("http://m.example/debian-security trixie-security main"));
+        assert!(!text.contains(
+            "deb-src [target=Sources signed-by=/k.gpg] http://m.example/debian-security"
+        ));
         assert_eq!(suites_from(None).len(), DEFAULT_SUITES.len());
         assert_eq!(suites_from(Some("  ")).len(), DEFAULT_SUITES.len());
     }

@@ -35,11 +35,6 @@ pub(super) fn make_env(cmd: &mut Command) {
     }
 }
 
-pub(super) fn first_line(e: &anyhow::Error) -> String {
-    e.to_string().lines().next().unwrap_or("").to_string()
-}
-
-/// Run a command, capturing output; error with its output tail on failure.
 /// Runs `argv` in `cwd` with the build environment; its output, whatever the exit status.
 pub(super) fn output_of(cwd: &Path, argv: &[&str]) -> Result<std::process::Output> {
     let mut cmd = Command::new(argv[0]);

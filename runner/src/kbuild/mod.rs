@@ -22,9 +22,9 @@
 //! applied with `patch -p1 --forward --batch`, and `make -jN bzImage` runs
 //! incrementally.  The user's tree is never modified.
 //!
-//! Config: `vng --kconfig` (virtme-ng's minimal config; fallback `make defconfig`), then
-//! the fragments are merged again with `scripts/kconfig/merge_config.sh -m` (vng appends
-//! its own defaults after user fragments) and `make olddefconfig`; finally every option
+//! Config: `make tinyconfig`, then the fragments (`kconfigs/guest.config`: what a guest
+//! needs; `kconfigs/dm-cache.config`; the spec's own) are merged with
+//! `scripts/kconfig/merge_config.sh -m` and `make olddefconfig`; finally every option
 //! the fragments set is checked in `.config` — a dropped option is an error naming the
 //! fragment file and line.  The release string carries a per-variant tag
 //! (`LOCALVERSION=-dmt<8 hex of variantkey>`, `LOCALVERSION_AUTO=n`), so `uname -r`
@@ -35,7 +35,6 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Instant;
 
 mod config;
@@ -81,10 +80,18 @@ pub struct BuiltKernel {
     pub key: String,
 }
 
+/// `kconfigs/guest.config` (what a guest needs on top of tinyconfig) and
 /// `kconfigs/dm-cache.config` of this repository.
 pub fn default_kconfigs() -> Vec<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kconfigs/dm-cache.config");
-    vec![p.canonicalize().unwrap_or(p)]
+    ["guest.config", "dm-cache.config"]
+        .iter()
+        .map(|f| {
+            let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../kconfigs")
+                .join(f);
+            p.canonicalize().unwrap_or(p)
+        })
+        .collect()
 }
 
 /// Options forced for every build, merged before the user's fragments.
@@ -244,16 +251,10 @@ pub(crate) fn variant_key(identity: &str, patches: &[&[u8]], merged_config: &str
     sha_hex(&parts)
 }
 
-/// Which configured tree: the virtme-ng version (its `--kconfig` output) and the
-/// fragments' contents in order (not their paths).
+/// Which configured tree: the base (`make tinyconfig`) and the fragments' contents in
+/// order (not their paths).
 fn config_key(frags: &[Fragment]) -> String {
-    let vng = Command::new("vng")
-        .arg("--version")
-        .stdin(Stdio::null())
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|_| "no-vng".into());
-    let mut parts: Vec<&[u8]> = vec![b"dmcache-vmtest config v1", vng.as_bytes()];
+    let mut parts: Vec<&[u8]> = vec![b"dmcache-vmtest config v2", b"make tinyconfig"];
     for f in frags {
         parts.push(f.text.as_bytes());
     }

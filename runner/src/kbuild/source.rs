@@ -3,6 +3,7 @@
 //! cache) or a directory; and its identity.
 
 use super::short_hash;
+use crate::debian::SourceTree;
 use anyhow::{anyhow, bail, Context, Result};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -62,36 +63,50 @@ impl std::fmt::Display for SourceSpec {
 
 pub(super) struct Identity {
     /// Human-readable and stable: `debian:linux-source-6.12=6.12.117-1~deb12u1`,
-    /// `dir:/abs/path@git:<HEAD>+<diff hash>` or `dir:/abs/path@tree:<hash>`.
+    /// `debian:linux_6.18.15.orig.tar.xz@sha256:<hex>`, `dir:/abs/path@git:<HEAD>+<diff
+    /// hash>` or `dir:/abs/path@tree:<hash>`.
     pub(super) identity: String,
-    /// Debian: the exact package version.
-    pub(super) version: Option<String>,
+    /// Debian: where the tree comes from (`None` offline: then `cached` names it).
+    pub(super) tree: Option<SourceTree>,
+    /// Offline: the complete cached tree the identity was read from.
+    pub(super) cached: Option<PathBuf>,
 }
 
 /// The identity of a source, without fetching it.
 ///
-/// * `Debian(series)`: the version of `linux-source-<series>` the runner's Debian index
-///   resolves the spec to (offline: the newest version already unpacked in the cache).
+/// * `Debian(spec)`: the `linux-source-<series>` version or the orig tarball the runner's
+///   Debian index resolves the spec to (offline: the newest tree of it already unpacked in
+///   the cache).
 /// * `Dir(path)`: the canonical path plus, for a git work tree, `HEAD` and a hash of
 ///   `git diff HEAD` (uncommitted changes to tracked files; untracked files are ignored);
 ///   otherwise a hash of the top `Makefile` and the newest mtime of any file in the tree
 ///   (`.git` excluded).  Touching any file therefore makes a new build tree.
 pub(super) fn source_identity(spec: &SourceSpec) -> Result<Identity> {
     match spec {
-        SourceSpec::Debian(spec) => {
-            let (series, pin) = crate::debian::parse_source_spec(spec)?;
-            let pkg = format!("linux-source-{series}");
-            let version = match crate::debian::source_version(spec, &mut |_| {})? {
-                Some((_, v)) => v,
-                None => newest_cached(&pkg, &pin).ok_or_else(|| {
-                    anyhow!("no Debian index to find {pkg} in, and none unpacked in the cache (`dmcache-vmtest kernel list --refresh` says why)")
-                })?,
-            };
-            Ok(Identity {
-                identity: format!("debian:{pkg}={version}"),
-                version: Some(version),
-            })
-        }
+        SourceSpec::Debian(spec) => match crate::debian::source_tree(spec, &mut |_| {})? {
+            Some(tree) => Ok(Identity {
+                identity: tree_identity(&tree),
+                tree: Some(tree),
+                cached: None,
+            }),
+            None => {
+                let (series, pin) = crate::debian::parse_source_spec(spec)?;
+                let dir = newest_cached(&series, &pin).ok_or_else(|| {
+                    anyhow!("no Debian index to find debian:{spec} in, and no such tree unpacked in the cache (`dmcache-vmtest kernel list --refresh` says why)")
+                })?;
+                let written = fs::read_to_string(dir.join("complete"))?;
+                // Trees unpacked before orig tarballs wrote `PKG=VERSION` only.
+                let identity = match written.trim() {
+                    w if w.starts_with("debian:") => w.to_string(),
+                    w => format!("debian:{w}"),
+                };
+                Ok(Identity {
+                    identity,
+                    tree: None,
+                    cached: Some(dir.join("tree")),
+                })
+            }
+        },
         SourceSpec::Dir(p) => {
             let canon = p
                 .canonicalize()
@@ -119,7 +134,8 @@ pub(super) fn source_identity(spec: &SourceSpec) -> Result<Identity> {
                             String::from_utf8_lossy(&head).trim(),
                             short_hash(&diff)
                         ),
-                        version: None,
+                        tree: None,
+                        cached: None,
                     });
                 }
             }
@@ -131,38 +147,58 @@ pub(super) fn source_identity(spec: &SourceSpec) -> Result<Identity> {
                     canon.display(),
                     short_hash(&[makefile.as_slice(), &newest.to_le_bytes()].concat())
                 ),
-                version: None,
+                tree: None,
+                cached: None,
             })
         }
     }
 }
 
-pub(super) fn debian_src_dir(pkg: &str, version: &str) -> PathBuf {
-    crate::cache::dir("src").join(format!("{pkg}_{version}"))
+fn tree_identity(tree: &SourceTree) -> String {
+    match tree {
+        SourceTree::Package { pkg, version } => format!("debian:{pkg}={version}"),
+        SourceTree::Orig { tree, .. } => tree.identity(),
+    }
 }
 
-/// Offline: the newest `pkg` version already unpacked in the cache that fits the pin.
-pub(super) fn newest_cached(pkg: &str, pin: &crate::debian::SourcePin) -> Option<String> {
+/// `src/linux-source-6.12_<version>` or `src/linux_<upstream>.orig`: `tree/` holds the
+/// source, `complete` (written last) its identity.
+fn debian_src_dir(tree: &SourceTree) -> PathBuf {
+    let name = match tree {
+        SourceTree::Package { pkg, version } => format!("{pkg}_{version}"),
+        SourceTree::Orig { tree, .. } => format!("linux_{}.orig", tree.upstream),
+    };
+    crate::cache::dir("src").join(name)
+}
+
+/// Offline: the newest complete tree in the cache of `series` that fits the pin
+/// (`linux-source-SERIES_<version>` or `linux_<upstream>.orig`).
+fn newest_cached(series: &str, pin: &crate::debian::SourcePin) -> Option<PathBuf> {
     use crate::debian::{version, SourcePin};
-    let prefix = format!("{pkg}_");
-    let mut vs: Vec<String> = fs::read_dir(crate::cache::dir("src"))
+    let pkg_prefix = format!("linux-source-{series}_");
+    let mut found: Vec<(String, PathBuf)> = fs::read_dir(crate::cache::dir("src"))
         .ok()?
         .flatten()
+        .filter(|e| e.path().join("complete").exists())
         .filter_map(|e| {
-            e.file_name()
-                .to_str()?
-                .strip_prefix(&prefix)
-                .map(String::from)
+            let name = e.file_name().to_str()?.to_string();
+            let v = match name.strip_prefix(&pkg_prefix) {
+                Some(v) => v.to_string(),
+                None => {
+                    let up = name.strip_prefix("linux_")?.strip_suffix(".orig")?;
+                    (version::series(up).as_deref() == Some(series)).then(|| up.to_string())?
+                }
+            };
+            Some((v, e.path()))
         })
-        .filter(|v| debian_src_dir(pkg, v).join("complete").exists())
-        .filter(|v| match pin {
+        .filter(|(v, _)| match pin {
             SourcePin::Newest => true,
             SourcePin::Upstream(u) => version::upstream(v) == *u,
             SourcePin::Exact(x) => v == x,
         })
         .collect();
-    vs.sort_by(|a, b| version::cmp(a, b));
-    vs.pop()
+    found.sort_by(|a, b| version::cmp(&a.0, &b.0));
+    found.pop().map(|(_, p)| p)
 }
 
 pub(super) fn newest_mtime(root: &Path) -> u64 {
@@ -198,24 +234,30 @@ pub(super) fn ensure_source(
 ) -> Result<PathBuf> {
     match spec {
         SourceSpec::Dir(p) => Ok(p.canonicalize()?),
-        SourceSpec::Debian(spec) => {
-            let (series, _) = crate::debian::parse_source_spec(spec)?;
-            let pkg = format!("linux-source-{series}");
-            let version = ident
-                .version
-                .as_deref()
-                .expect("debian identity has a version");
-            let dir = debian_src_dir(&pkg, version);
+        SourceSpec::Debian(_) => {
+            if let Some(tree) = &ident.cached {
+                return Ok(tree.clone());
+            }
+            let t = ident.tree.as_ref().expect("debian identity has a tree");
+            let dir = debian_src_dir(t);
             let tree = dir.join("tree");
             if dir.join("complete").exists() && tree.join("Makefile").exists() {
                 return Ok(tree);
             }
             let _ = fs::remove_dir_all(&dir);
-            if let Err(e) = crate::debian::unpack_source(&pkg, version, &tree, progress) {
+            let got = match t {
+                SourceTree::Package { pkg, version } => {
+                    crate::debian::unpack_source(pkg, version, &tree, progress)
+                }
+                SourceTree::Orig { tree: o, mirror } => {
+                    crate::debian::orig::fetch(o, mirror, &tree, progress)
+                }
+            };
+            if let Err(e) = got {
                 let _ = fs::remove_dir_all(&dir);
                 return Err(e);
             }
-            fs::write(dir.join("complete"), format!("{pkg}={version}\n"))?;
+            fs::write(dir.join("complete"), format!("{}\n", ident.identity))?;
             Ok(tree)
         }
     }
