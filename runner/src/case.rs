@@ -1,7 +1,7 @@
 //! The case model: YAML files in `cases/`, parsed with serde (`serde_yaml_ng`), validated
 //! with `file:line:col` errors.  A case is data only: new dm-cache cases need no Rust.
 //!
-//! Shape (see README "Case format" for an annotated example):
+//! Shape (see docs/case-format.md for an annotated example):
 //! ```yaml
 //! name: unclean_passthrough
 //! summary: one line
