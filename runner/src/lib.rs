@@ -19,5 +19,6 @@ pub mod kernel;
 pub mod matrix;
 pub mod replay;
 pub mod report;
+pub mod review;
 pub mod run;
 pub mod vm;

@@ -148,6 +148,37 @@ enum Cmd {
         #[command(flatten)]
         vm: VmArgs,
     },
+    /// Review a stable backport on the trees it is for: does it apply (or is it already
+    /// there), build each tree without and with it, run every case on both, and answer:
+    /// closes, regresses, still failing, not testable.  Exit 0 closes and regresses
+    /// nothing, 1 does not close or regresses, 2 could not run.
+    Review {
+        /// A mail (saved or raw from a list archive), an mbox of a series (applied in
+        /// order), a `git format-patch` file or a plain diff; several are one series.
+        #[arg(required = true)]
+        patches: Vec<PathBuf>,
+        /// A tree to test on (repeatable), e.g. debian:6.18.15 or debian:6.18 (its newest);
+        /// default: the newest tree of each series the mail's subject names.
+        #[arg(long = "tree", value_name = "SPEC")]
+        trees: Vec<String>,
+        /// Only these cases (comma-separated); default: every case in cases/.
+        #[arg(long, value_delimiter = ',')]
+        cases: Vec<String>,
+        /// An extra kconfig fragment for every build (repeatable), e.g. kconfigs/kasan.config.
+        #[arg(long)]
+        kconfig: Vec<PathBuf>,
+        /// VMs at a time (default: one per core, at most one per 2 GiB free memory).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Write the review as JSON to FILE.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Write the reply (Markdown, fit to paste) to FILE.
+        #[arg(long)]
+        markdown: Option<PathBuf>,
+        #[command(flatten)]
+        vm: VmArgs,
+    },
     /// Check host tools, QEMU, KVM and vng; say how to fix each gap.
     Doctor {
         #[arg(long, env = "DMCACHE_VMTEST_KERNEL", default_value = kernel::DEFAULT_SPEC)]
@@ -268,6 +299,26 @@ fn dispatch(cli: Cli) -> Result<i32> {
                     sources,
                 },
         } => cmd_kernel_list(&what, refresh, sources),
+        Cmd::Review {
+            patches,
+            trees,
+            cases,
+            kconfig,
+            jobs,
+            json,
+            markdown,
+            vm,
+        } => {
+            let req = dmcache_vmtest::review::Request {
+                inputs: patches,
+                trees,
+                cases,
+                kconfigs: kconfig,
+                jobs: jobs.unwrap_or_else(dmcache_vmtest::matrix::default_jobs),
+                opts: vm_options(vm::Accel::Tcg, &vm)?,
+            };
+            cmd_review(&req, json.as_deref(), markdown.as_deref())
+        }
         Cmd::Bisect {
             name,
             kernels,
@@ -434,6 +485,11 @@ fn run_options(k: &kernel::Kernel, args: &VmArgs) -> Result<run::RunOptions> {
     if let Some(n) = notice {
         eprintln!("note: {n}");
     }
+    vm_options(accel, args)
+}
+
+/// VM options from the flags, for `accel`.
+fn vm_options(accel: vm::Accel, args: &VmArgs) -> Result<run::RunOptions> {
     let mut opts = run::RunOptions::new(accel);
     opts.timeout = Duration::from_secs(args.timeout);
     opts.keep = args.keep;
@@ -449,6 +505,28 @@ fn run_options(k: &kernel::Kernel, args: &VmArgs) -> Result<run::RunOptions> {
         .map(dmcache_vmtest::image::resolve)
         .transpose()?;
     Ok(opts)
+}
+
+fn cmd_review(
+    req: &dmcache_vmtest::review::Request,
+    json: Option<&std::path::Path>,
+    markdown: Option<&std::path::Path>,
+) -> Result<i32> {
+    use dmcache_vmtest::review;
+    let p = report::Progress::new("review");
+    let got = review::review(req, &|m| p.notice(m));
+    p.finish();
+    let r = got?;
+    let md = review::answer::markdown(&r, &review::tested_by());
+    println!("{md}");
+    if let Some(f) = json {
+        std::fs::write(f, report::to_json(&r))
+            .with_context(|| format!("writing {}", f.display()))?;
+    }
+    if let Some(f) = markdown {
+        std::fs::write(f, &md).with_context(|| format!("writing {}", f.display()))?;
+    }
+    Ok(r.outcome().exit_code())
 }
 
 fn cmd_case(name: &str, args: &RunArgs, verbose: bool) -> Result<i32> {

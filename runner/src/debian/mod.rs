@@ -289,6 +289,43 @@ pub enum SourceTree {
     Orig { tree: orig::Tree, mirror: String },
 }
 
+impl SourceTree {
+    /// The source spec that names exactly this tree (`6.12=6.12.117-1~deb12u1`, `6.18.15`).
+    pub fn spec(&self) -> String {
+        match self {
+            SourceTree::Package { pkg, version } => format!(
+                "{}={version}",
+                pkg.strip_prefix("linux-source-").unwrap_or(pkg)
+            ),
+            SourceTree::Orig { tree, .. } => tree.upstream.clone(),
+        }
+    }
+    /// Where it comes from, for reports.
+    pub fn origin(&self) -> String {
+        match self {
+            SourceTree::Package { pkg, version } => format!("{pkg} {version}"),
+            SourceTree::Orig { tree, .. } => tree.orig.name.clone(),
+        }
+    }
+}
+
+/// Every series the archive has a tree of (`linux-source-*` or a `linux` upload), oldest
+/// first.
+pub fn known_series(progress: &mut dyn FnMut(&str)) -> Result<Vec<String>> {
+    let archive = Archive::open()?;
+    let (index, _) = archive.index(Refresh::IfStale, progress)?;
+    let mut v: Vec<String> = archive
+        .state
+        .load_sources()?
+        .iter()
+        .filter_map(|r| version::series(&version::upstream(&r.version)))
+        .chain(index.source_series())
+        .collect();
+    v.sort_by(|a, b| version::cmp(a, b));
+    v.dedup();
+    Ok(v)
+}
+
 /// A source spec: `6.12` (newest), `6.12.117` (that upstream version) or
 /// `6.12=6.12.117-1~deb12u1` (that package version).  `linux-source-SERIES` where the
 /// archive has a matching one; otherwise the orig tarball of a `linux` source upload that

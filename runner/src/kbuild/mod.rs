@@ -80,6 +80,14 @@ pub struct BuiltKernel {
     pub key: String,
 }
 
+/// The unpacked source tree of `src` (fetched and unpacked into the cache once), and its
+/// identity — for a look at the tree before building it (e.g. whether a patch applies).
+pub fn source_dir(src: &SourceSpec, progress: &mut dyn FnMut(&str)) -> Result<(PathBuf, String)> {
+    let ident = source_identity(src)?;
+    let dir = ensure_source(src, &ident, progress)?;
+    Ok((dir, ident.identity))
+}
+
 /// `kconfigs/guest.config` (what a guest needs on top of tinyconfig) and
 /// `kconfigs/dm-cache.config` of this repository.
 pub fn default_kconfigs() -> Vec<PathBuf> {

@@ -1,0 +1,483 @@
+//! `review PATCH…`: a stable backport on the trees it is for.  The patch (a mail, an mbox
+//! of a series, a format-patch file or a plain diff, [`patch`]) names its trees
+//! ([`trees`], or `--tree`); per tree the runner fetches the source ([`crate::debian`]:
+//! `linux-source-*` or the orig tarball), checks that the patch applies or is already there
+//! ([`apply`]), builds the tree without and with it ([`crate::kbuild`]), runs every case on
+//! both (VMs in parallel, each result cached by kernel image, case file and runner binary),
+//! and answers ([`answer`]): closes, regresses, still failing, not testable.
+
+pub mod answer;
+pub mod apply;
+pub mod patch;
+pub mod trees;
+
+use crate::{case, check, debian, kbuild, kernel, run, vm};
+use answer::{Cell, Review, Row, TreeReview};
+use anyhow::{bail, Context, Result};
+use apply::Applies;
+use patch::Patch;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What to review, where, how.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub inputs: Vec<PathBuf>,
+    /// `debian:6.18.15`-style build sources; empty: the trees the mail names.
+    pub trees: Vec<String>,
+    /// Case names; empty: every case in `cases/`.
+    pub cases: Vec<String>,
+    /// Extra kconfig fragments for every build (beside `kconfigs/dm-delay.config`).
+    pub kconfigs: Vec<PathBuf>,
+    pub jobs: usize,
+    pub opts: run::RunOptions,
+}
+
+/// Every patch of the inputs, in order; the series' numbering checked.
+pub fn load_patches(inputs: &[PathBuf]) -> Result<Vec<Patch>> {
+    let mut all = Vec::new();
+    for f in inputs {
+        let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+        all.extend(patch::parse_input(&f.display().to_string(), &bytes)?);
+    }
+    patch::check_series(&all)?;
+    Ok(all)
+}
+
+/// A tree to review: its series, build source, origin, or why none can be had.
+type TreeChoice = (String, std::result::Result<(String, String), String>);
+
+/// The trees: `--tree` specs as given, else the newest tree that can be had of each series
+/// the mail names (a series with none is kept with the reason).
+pub fn choose_trees(
+    req: &Request,
+    patches: &[Patch],
+    progress: &mut dyn FnMut(&str),
+) -> Result<Vec<TreeChoice>> {
+    let resolve = |spec: &str,
+                   progress: &mut dyn FnMut(&str)|
+     -> std::result::Result<(String, String), String> {
+        match debian::source_tree(spec, progress) {
+            Ok(Some(t)) => Ok((format!("debian:{}", t.spec()), t.origin())),
+            Ok(None) => Err("no Debian index (see `kernel list --refresh`)".into()),
+            Err(e) => Err(format!("{e:#}")),
+        }
+    };
+    if !req.trees.is_empty() {
+        return req
+            .trees
+            .iter()
+            .map(|t| {
+                let Some(spec) = t.strip_prefix("debian:") else {
+                    bail!("--tree {t}: write debian:VERSION (e.g. debian:6.18.15, debian:6.18 = its newest tree)");
+                };
+                kbuild::SourceSpec::parse(t)?;
+                let series = debian::version::series(spec).unwrap_or_else(|| spec.to_string());
+                Ok((series, resolve(spec, progress)))
+            })
+            .collect();
+    }
+    let first = &patches[0];
+    let known = debian::known_series(progress)?;
+    let series = trees::series_of(
+        first.subject.as_deref(),
+        first.stable_base.as_deref(),
+        &known,
+    );
+    if series.is_empty() {
+        bail!(
+            "{}: the mail names no stable tree (as in `[PATCH 6.18.y]` or `[PATCH AUTOSEL 7.0-6.18]`): give --tree debian:6.18.15",
+            first.source
+        );
+    }
+    Ok(series
+        .into_iter()
+        .rev()
+        .map(|s| {
+            let got = resolve(&s, progress);
+            (s, got)
+        })
+        .collect())
+}
+
+/// Writes each patch's diff to the cache, content-addressed (the build key hashes the
+/// contents, so the same patch is the same variant whatever file it came in).
+fn patch_files(patches: &[Patch]) -> Result<Vec<PathBuf>> {
+    let dir = crate::cache::dir("review").join("patches");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    patches
+        .iter()
+        .map(|p| {
+            let f = dir.join(format!("{}.patch", &sha_hex(&[p.diff.as_bytes()])[..16]));
+            if !f.is_file() {
+                let tmp = f.with_extension("tmp");
+                std::fs::write(&tmp, &p.diff)?;
+                std::fs::rename(&tmp, &f)?;
+            }
+            Ok(f)
+        })
+        .collect()
+}
+
+fn sha_hex(parts: &[&[u8]]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The kconfig fragments of every review build: dm-delay (the write-ordering case needs
+/// it; it changes nothing else) and the request's own.
+fn fragments(req: &Request) -> Vec<String> {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kconfigs/dm-delay.config");
+    std::iter::once(repo.canonicalize().unwrap_or(repo))
+        .chain(req.kconfigs.iter().cloned())
+        .map(|p| p.display().to_string())
+        .collect()
+}
+
+/// One kernel of a tree: its spec, and the kernel once built (or the build's error).
+struct Side {
+    kernel: std::result::Result<(kernel::Kernel, vm::Accel), String>,
+}
+
+fn build_side(spec: &str, progress: &mut dyn FnMut(&str)) -> Side {
+    let got = (|| -> Result<_> {
+        let parsed = kernel::KernelSpec::parse(spec)?;
+        let k = kernel::resolve(&parsed, spec, progress)?;
+        let (accel, _) = vm::choose_accel(&k.image)?;
+        Ok((k, accel))
+    })();
+    Side {
+        kernel: got.map_err(|e| format!("{e:#}")),
+    }
+}
+
+/// The review: trees, builds, every case on both sides, the answer.
+pub fn review(req: &Request, ui: &(dyn Fn(&str) + Sync)) -> Result<Review> {
+    let t0 = Instant::now();
+    let patches = load_patches(&req.inputs)?;
+    let files = patch_files(&patches)?;
+    let cases = load_cases(&req.cases)?;
+    let choices = choose_trees(req, &patches, &mut |m| ui(m))?;
+    let frags = fragments(req);
+    let mut trees = Vec::new();
+    let mut untestable = Vec::new();
+    let mut jobs: Vec<Job> = Vec::new();
+    let mut sides: Vec<[Option<Side>; 2]> = Vec::new();
+    for (series, choice) in choices {
+        let (tree, origin) = match choice {
+            Ok(x) => x,
+            Err(why) => {
+                ui(&format!("{series}: not testable: {why}"));
+                untestable.push((series, why));
+                continue;
+            }
+        };
+        ui(&format!("{tree} ({origin}): fetching the source"));
+        let src = kbuild::SourceSpec::parse(&tree)?;
+        let applies = match kbuild::source_dir(&src, &mut |m| ui(&format!("{tree}: {m}"))) {
+            Ok((dir, _)) => apply::check(&dir, &patches)?,
+            Err(e) => {
+                untestable.push((series, format!("{tree}: {e:#}")));
+                continue;
+            }
+        };
+        ui(&format!("{tree}: the patch {}", short_applies(&applies)));
+        let base = std::iter::once(format!("build:{tree}")).chain(frags.iter().cloned());
+        let with_patch = std::iter::once(format!("build:{tree}"))
+            .chain(files.iter().map(|f| f.display().to_string()))
+            .chain(frags.iter().cloned());
+        let specs: [Option<String>; 2] = match &applies {
+            Applies::Yes(_) => [
+                Some(base.collect::<Vec<_>>().join(",")),
+                Some(with_patch.collect::<Vec<_>>().join(",")),
+            ],
+            Applies::AlreadyIn => [None, Some(base.collect::<Vec<_>>().join(","))],
+            Applies::No(_) => [None, None],
+        };
+        let built: [Option<Side>; 2] = specs.map(|s| {
+            s.map(|spec| {
+                ui(&format!(
+                    "{tree}: building {}",
+                    if spec.contains("/review/patches/") {
+                        "with the patch"
+                    } else {
+                        "without the patch"
+                    }
+                ));
+                build_side(&spec, &mut |m| ui(&format!("{tree}: {m}")))
+            })
+        });
+        let ti = trees.len();
+        let mut errors = Vec::new();
+        let mut rows = Vec::new();
+        for (ci, (_, c, _)) in cases.iter().enumerate() {
+            let mut row = Row {
+                case: c.name.clone(),
+                source: c.source.clone(),
+                without: None,
+                with: None,
+                not_run: None,
+            };
+            for (si, side) in built.iter().enumerate() {
+                let Some(side) = side else { continue };
+                match &side.kernel {
+                    Err(e) => {
+                        if !errors.contains(e) {
+                            errors.push(e.clone());
+                        }
+                    }
+                    Ok((k, _)) => match kernel::check_requires(k, &c.name, &c.requires) {
+                        Err(e) => row.not_run = Some(format!("{e:#}")),
+                        Ok(()) => jobs.push(Job {
+                            tree: ti,
+                            case: ci,
+                            side: si,
+                        }),
+                    },
+                }
+            }
+            rows.push(row);
+        }
+        sides.push(built);
+        trees.push(TreeReview {
+            series,
+            tree,
+            origin,
+            applies,
+            rows,
+            errors,
+        });
+    }
+    if trees.iter().all(|t| matches!(t.applies, Applies::No(_))) && !trees.is_empty() {
+        let why: Vec<String> = trees
+            .iter()
+            .map(|t| format!("{}: {}", t.tree, short_applies(&t.applies)))
+            .collect();
+        bail!("the patch applies to no tree — {}", why.join("; "));
+    }
+    let cells = run_jobs(req, &cases, &trees, &sides, &jobs, ui)?;
+    for (job, cell) in jobs.iter().zip(cells) {
+        let row = &mut trees[job.tree].rows[job.case];
+        if job.side == 0 {
+            row.without = Some(cell);
+        } else {
+            row.with = Some(cell);
+        }
+    }
+    Ok(Review {
+        subject: patches[0].subject.clone(),
+        upstream: patches[0].upstream.clone(),
+        patches: patches.iter().map(|p| p.source.clone()).collect(),
+        trees,
+        untestable_trees: untestable,
+        runner: env!("CARGO_PKG_VERSION").to_string(),
+        accel: format!("{:?}", req.opts.accel).to_lowercase(),
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+fn short_applies(a: &Applies) -> String {
+    match a {
+        Applies::Yes(n) if n.is_empty() => "applies cleanly".into(),
+        Applies::Yes(n) => format!("applies ({})", n.join("; ")),
+        Applies::AlreadyIn => "is already in this tree".into(),
+        Applies::No(r) => format!("does not apply ({})", r.join("; ")),
+    }
+}
+
+type LoadedCase = (String, case::Case, Vec<u8>);
+
+fn load_cases(names: &[String]) -> Result<Vec<LoadedCase>> {
+    let paths: Vec<(String, PathBuf)> = if names.is_empty() {
+        case::list()?
+    } else {
+        names
+            .iter()
+            .map(|n| Ok((n.clone(), case::find(n)?)))
+            .collect::<Result<_>>()?
+    };
+    paths
+        .into_iter()
+        .map(|(n, p)| {
+            let bytes = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+            Ok((n, case::load(&p)?, bytes))
+        })
+        .collect()
+}
+
+/// One case on one side of one tree.
+struct Job {
+    tree: usize,
+    case: usize,
+    /// 0 without the patch, 1 with it.
+    side: usize,
+}
+
+/// Runs every job (from the result cache where it has one), `req.jobs` VMs at a time.
+fn run_jobs(
+    req: &Request,
+    cases: &[LoadedCase],
+    trees: &[TreeReview],
+    sides: &[[Option<Side>; 2]],
+    jobs: &[Job],
+    ui: &(dyn Fn(&str) + Sync),
+) -> Result<Vec<Cell>> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let runner = runner_hash();
+    let next = AtomicUsize::new(0);
+    let done = AtomicUsize::new(0);
+    let out: Mutex<Vec<Option<Cell>>> = Mutex::new(vec![None; jobs.len()]);
+    std::thread::scope(|s| {
+        for _ in 0..req.jobs.max(1) {
+            s.spawn(|| loop {
+                if vm::INTERRUPTED.load(Ordering::SeqCst) {
+                    break;
+                }
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(job) = jobs.get(i) else { break };
+                let (_, case, bytes) = &cases[job.case];
+                let (k, accel) = sides[job.tree][job.side]
+                    .as_ref()
+                    .unwrap()
+                    .kernel
+                    .as_ref()
+                    .unwrap();
+                let mut opts = req.opts.clone();
+                opts.accel = *accel;
+                let cell = one_cell(case, bytes, k, &opts, &runner);
+                let n = done.fetch_add(1, Ordering::SeqCst) + 1;
+                ui(&format!(
+                    "[{n}/{}] {} on {}{}: {}{}",
+                    jobs.len(),
+                    case.name,
+                    trees[job.tree].tree,
+                    if job.side == 1 && matches!(trees[job.tree].applies, Applies::Yes(_)) {
+                        " + patch"
+                    } else {
+                        ""
+                    },
+                    cell.short(),
+                    if cell.cached {
+                        " (cached)".to_string()
+                    } else {
+                        format!(" ({:.0} s)", cell.seconds)
+                    }
+                ));
+                out.lock().unwrap()[i] = Some(cell);
+            });
+        }
+    });
+    if vm::INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    Ok(out
+        .into_inner()
+        .unwrap()
+        .into_iter()
+        .map(|c| c.expect("every job ran"))
+        .collect())
+}
+
+/// The running binary's SHA256: a cached result is only as good as the runner that made it.
+fn runner_hash() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| debian::orig::sha256_file(&p).ok())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn one_cell(
+    case: &case::Case,
+    bytes: &[u8],
+    k: &kernel::Kernel,
+    opts: &run::RunOptions,
+    runner: &str,
+) -> Cell {
+    let image = debian::orig::sha256_file(&k.image).unwrap_or_default();
+    let key = sha_hex(&[
+        b"review cell v1",
+        runner.as_bytes(),
+        image.as_bytes(),
+        bytes,
+        format!(
+            "{:?} {:?} {:?} {:?} {:?}",
+            opts.accel, opts.memory, opts.cpus, opts.root, opts.kernel_args
+        )
+        .as_bytes(),
+    ]);
+    let file = crate::cache::dir("review")
+        .join("results")
+        .join(format!("{key}.json"));
+    if let Some(mut c) = std::fs::read(&file)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Cell>(&b).ok())
+    {
+        c.cached = true;
+        return c;
+    }
+    let cell = match run::run_case(case, k, opts, &mut |_| {}) {
+        Ok(out) => cell_of(&check::evaluate(case, &out)),
+        Err(e) => Cell {
+            status: "error".into(),
+            labels: vec![],
+            failures: vec![format!("{e:#}")],
+            release: k.release.clone(),
+            cache_target: None,
+            seconds: 0.0,
+            cached: false,
+        },
+    };
+    // Only judged results are kept: an infrastructure failure is tried again next time.
+    if cell.pass() || cell.fail() {
+        let _ = std::fs::create_dir_all(file.parent().unwrap());
+        let tmp = file.with_extension("tmp");
+        if std::fs::write(&tmp, serde_json::to_vec(&cell).unwrap_or_default()).is_ok() {
+            let _ = std::fs::rename(&tmp, &file);
+        }
+    }
+    cell
+}
+
+fn cell_of(v: &check::Verdict) -> Cell {
+    Cell {
+        status: match v.status {
+            check::Status::Pass => "pass",
+            check::Status::Fail => "fail",
+            check::Status::Infra => "error",
+        }
+        .into(),
+        labels: v
+            .classifications
+            .values()
+            .map(|c| c.label.clone())
+            .collect(),
+        failures: v.failures.iter().map(|f| f.what.clone()).collect(),
+        release: v.release.clone(),
+        cache_target: v.cache_target.clone(),
+        seconds: v.seconds,
+        cached: false,
+    }
+}
+
+/// `Name <email>` from git's configuration, for the Tested-by line.
+pub fn tested_by() -> String {
+    let git = |k: &str| {
+        std::process::Command::new("git")
+            .args(["config", k])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
+    match (git("user.name"), git("user.email")) {
+        (Some(n), Some(e)) => format!("{n} <{e}>"),
+        _ => "YOUR NAME <you@example.org>  (set git config user.name/user.email)".into(),
+    }
+}
