@@ -15,7 +15,9 @@
 #     qemu-system-x86 comes from backports when the installed qemu-utils does.
 #   - busybox-static: vng puts it into the initramfs of modular kernels (debian: kernels).
 #   - the guest tools (the guest sees the host root read-only): dmsetup, fio,
-#     thin-provisioning-tools (cache_check, cache_dump), kmod, udev, util-linux, coreutils.
+#     thin-provisioning-tools (cache_check, cache_dump), kmod, udev, util-linux, coreutils,
+#     lvm2 (lvmcache).
+#   - curl: orig tarballs of Debian's `linux` source package (review, build:debian:6.18.15).
 #   - kernel build tools (build: kernels, cargo test): build-essential, flex, bison, bc,
 #     libelf-dev, libssl-dev, dwarves, rsync, cpio, xz-utils, patch, ccache.
 #   - debootstrap, debian-archive-keyring (image build).
@@ -31,7 +33,7 @@ BACKPORTS_FILE=dmcache-vmtest-backports.sources
 
 PACKAGES=(
   busybox-static
-  dmsetup fio thin-provisioning-tools kmod udev util-linux coreutils
+  dmsetup fio thin-provisioning-tools kmod udev util-linux coreutils lvm2 curl
   build-essential flex bison bc libelf-dev libssl-dev dwarves rsync cpio xz-utils patch ccache
   debootstrap debian-archive-keyring
   python3 python3-pip

@@ -151,6 +151,12 @@ const GUEST: &[Tool] = &[
     ),
     tool("udevadm", "udevadm", &["--version"], "apt-get install udev"),
     tool(
+        "lvm (lvmcache probes, notes/lvmcache)",
+        "lvm",
+        &["version"],
+        "apt-get install lvm2",
+    ),
+    tool(
         "timeout, md5sum (coreutils)",
         "timeout",
         &["--version"],
@@ -177,6 +183,12 @@ const DEBIAN: &[Tool] = &[
         "dpkg-deb",
         &["--version"],
         "apt-get install dpkg",
+    ),
+    tool(
+        "curl (orig tarballs of Debian's linux source package)",
+        "curl",
+        &["--version"],
+        "apt-get install curl",
     ),
 ];
 

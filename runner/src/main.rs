@@ -176,6 +176,10 @@ enum Cmd {
         /// Write the reply (Markdown, fit to paste) to FILE.
         #[arg(long)]
         markdown: Option<PathBuf>,
+        /// Run every case even where a result of the same runner, kernel image and case
+        /// file is cached.
+        #[arg(long)]
+        no_cache: bool,
         #[command(flatten)]
         vm: VmArgs,
     },
@@ -307,9 +311,11 @@ fn dispatch(cli: Cli) -> Result<i32> {
             jobs,
             json,
             markdown,
+            no_cache,
             vm,
         } => {
             let req = dmcache_vmtest::review::Request {
+                fresh: no_cache,
                 inputs: patches,
                 trees,
                 cases,
@@ -513,8 +519,11 @@ fn cmd_review(
     markdown: Option<&std::path::Path>,
 ) -> Result<i32> {
     use dmcache_vmtest::review;
+    use std::io::IsTerminal;
     let p = report::Progress::new("review");
-    let got = review::review(req, &|m| p.notice(m));
+    let tty = std::io::stderr().is_terminal();
+    // A log (CI, a file) gets every line; a terminal gets them above a spinner.
+    let got = review::review(req, &|m| if tty { p.notice(m) } else { eprintln!("{m}") });
     p.finish();
     let r = got?;
     let md = review::answer::markdown(&r, &review::tested_by());

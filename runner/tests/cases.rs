@@ -323,6 +323,69 @@ fn doctor() -> Result<(), Failed> {
     }
 }
 
+/// What a `review` trial must measure: its exit status and, on its one tree, the cases it
+/// closes and regresses.
+struct ReviewWant {
+    exit: i32,
+    closes: &'static [&'static str],
+    regresses: &'static [&'static str],
+}
+
+/// `dmcache-vmtest review PATCH --tree TREE --cases … --no-cache` in real VMs: the exit
+/// status and the answer (from its JSON) must be what was measured (docs/results.md).
+fn review_trial(patch: &str, tree: &str, cases: &str, want: &ReviewWant) -> Result<(), Failed> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let json = dir.path().join("review.json");
+    let out = Command::new(BIN)
+        .current_dir(repo())
+        .args([
+            "review",
+            patch,
+            "--tree",
+            tree,
+            "--cases",
+            cases,
+            "--no-cache",
+            "--jobs",
+            "1",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .map_err(|e| format!("cannot run {BIN} review: {e}"))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    let code = out.status.code().unwrap_or(-1);
+    if code != want.exit {
+        return Err(format!("review exited {code}, expected {}:\n{text}", want.exit).into());
+    }
+    let v: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&json).map_err(|e| format!("no JSON from the review: {e}"))?,
+    )
+    .map_err(|e| e.to_string())?;
+    let list = |k: &str| -> Vec<String> {
+        v["trees"][0][k]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for (k, want) in [("closes", want.closes), ("regresses", want.regresses)] {
+        let got = list(k);
+        if got != want.iter().map(|s| s.to_string()).collect::<Vec<_>>() {
+            return Err(format!("review: {k} = {got:?}, expected {want:?}:\n{text}").into());
+        }
+    }
+    Ok(())
+}
+
 /// Processes whose command line mentions `needle`: (pid, argv).
 fn processes_mentioning(needle: &str) -> Vec<(i32, Vec<String>)> {
     let mut out = Vec::new();
@@ -615,6 +678,34 @@ fn main() {
     }));
     trials.push(Trial::test("vm::udev_opt_in", move || {
         udev_opt_in(&udev_kernel, &uks)
+    }));
+    // The reviewer's command on the backport's own tree (6.18.15 from Debian's orig tarball),
+    // from the mail-formatted copy of the patch: it closes both unclean-shutdown cases and
+    // keeps the good path; the negative control that refuses too much regresses it.
+    const SEED_CASES: &str = "unclean_passthrough,unclean_passthrough_empty,clean_passthrough";
+    trials.push(Trial::test("review::autosel_a373b3d5289e@6.18.15", || {
+        review_trial(
+            "patches/autosel-a373b3d5289e-7.0-6.18.eml",
+            "debian:6.18.15",
+            SEED_CASES,
+            &ReviewWant {
+                exit: 0,
+                closes: &["unclean_passthrough", "unclean_passthrough_empty"],
+                regresses: &[],
+            },
+        )
+    }));
+    trials.push(Trial::test("review::refuses_too_much@6.18.15", || {
+        review_trial(
+            "patches/negative-control-refuses-too-much-a373b3d5289e.patch",
+            "debian:6.18.15",
+            SEED_CASES,
+            &ReviewWant {
+                exit: 1,
+                closes: &["unclean_passthrough", "unclean_passthrough_empty"],
+                regresses: &["clean_passthrough"],
+            },
+        )
     }));
     // Pairs on kernels built from source first: their (cold) build then has the cores to
     // itself instead of competing with TCG VMs; the other thread waits for the build lock.

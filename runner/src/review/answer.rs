@@ -221,6 +221,25 @@ impl Review {
     }
 }
 
+/// The review as JSON: everything measured, plus per tree the answer in words (closes,
+/// regresses, targets, still failing, not testable) and the overall outcome.
+pub fn to_json(r: &Review) -> serde_json::Value {
+    let mut v = serde_json::to_value(r).unwrap_or_default();
+    if let Some(trees) = v.get_mut("trees").and_then(|t| t.as_array_mut()) {
+        for (j, t) in trees.iter_mut().zip(&r.trees) {
+            let targets = r.targets(t);
+            j["closes"] = serde_json::json!(t.closes());
+            j["regresses"] = serde_json::json!(t.regresses());
+            j["targets"] = serde_json::json!(targets);
+            j["targets_hold"] = serde_json::json!(t.targets_hold(&targets));
+            j["still_failing"] = serde_json::json!(t.still_failing());
+            j["not_testable"] = serde_json::json!(t.not_testable());
+        }
+    }
+    v["outcome"] = serde_json::json!(r.outcome());
+    v
+}
+
 fn applies_text(a: &Applies) -> String {
     match a {
         Applies::Yes(n) if n.is_empty() => "applies cleanly".into(),

@@ -32,6 +32,8 @@ pub struct Request {
     pub kconfigs: Vec<PathBuf>,
     pub jobs: usize,
     pub opts: run::RunOptions,
+    /// Run every case even where the result cache has it (`--no-cache`).
+    pub fresh: bool,
 }
 
 /// Every patch of the inputs, in order; the series' numbering checked.
@@ -276,9 +278,27 @@ pub fn review(req: &Request, ui: &(dyn Fn(&str) + Sync)) -> Result<Review> {
         trees,
         untestable_trees: untestable,
         runner: env!("CARGO_PKG_VERSION").to_string(),
-        accel: format!("{:?}", req.opts.accel).to_lowercase(),
+        accel: accels(&sides),
         seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// The accelerators the kernels ran under (`tcg`, `kvm`, `kvm+tcg`).
+fn accels(sides: &[[Option<Side>; 2]]) -> String {
+    let mut v: Vec<String> = sides
+        .iter()
+        .flatten()
+        .flatten()
+        .filter_map(|s| s.kernel.as_ref().ok())
+        .map(|(_, a)| format!("{a:?}").to_lowercase())
+        .collect();
+    v.sort();
+    v.dedup();
+    if v.is_empty() {
+        "no VM".into()
+    } else {
+        v.join("+")
+    }
 }
 
 fn short_applies(a: &Applies) -> String {
@@ -350,7 +370,7 @@ fn run_jobs(
                     .unwrap();
                 let mut opts = req.opts.clone();
                 opts.accel = *accel;
-                let cell = one_cell(case, bytes, k, &opts, &runner);
+                let cell = one_cell(case, bytes, k, &opts, &runner, req.fresh);
                 let n = done.fetch_add(1, Ordering::SeqCst) + 1;
                 ui(&format!(
                     "[{n}/{}] {} on {}{}: {}{}",
@@ -398,6 +418,7 @@ fn one_cell(
     k: &kernel::Kernel,
     opts: &run::RunOptions,
     runner: &str,
+    fresh: bool,
 ) -> Cell {
     let image = debian::orig::sha256_file(&k.image).unwrap_or_default();
     let key = sha_hex(&[
@@ -414,10 +435,11 @@ fn one_cell(
     let file = crate::cache::dir("review")
         .join("results")
         .join(format!("{key}.json"));
-    if let Some(mut c) = std::fs::read(&file)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Cell>(&b).ok())
-    {
+    let hit = (!fresh)
+        .then(|| std::fs::read(&file).ok())
+        .flatten()
+        .and_then(|b| serde_json::from_slice::<Cell>(&b).ok());
+    if let Some(mut c) = hit {
         c.cached = true;
         return c;
     }
