@@ -398,6 +398,48 @@ text{body_extra}\n\
         );
     }
 
+    /// The repository's two forms of a373b3d5289e: the posted diff and the mail-formatted copy.
+    #[test]
+    fn the_repository_copies_of_the_seed_patch() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../patches");
+        let read = |f: &str| std::fs::read(dir.join(f)).unwrap();
+        let plain = parse_input("u", &read("upstream-a373b3d5289e.patch")).unwrap();
+        let mail = parse_input("m", &read("autosel-a373b3d5289e-7.0-6.18.eml")).unwrap();
+        assert_eq!(plain.len(), 1);
+        assert_eq!(mail.len(), 1);
+        let files = vec![
+            "drivers/md/dm-cache-metadata.c",
+            "drivers/md/dm-cache-metadata.h",
+            "drivers/md/dm-cache-target.c",
+        ];
+        assert_eq!(plain[0].files, files);
+        assert_eq!(mail[0].files, files);
+        assert_eq!(
+            mail[0].subject.as_deref(),
+            Some("[PATCH AUTOSEL 7.0-6.18] dm cache: prevent entering passthrough mode after unclean shutdown")
+        );
+        assert_eq!(mail[0].stable_base.as_deref(), Some("Linux 7.0"));
+        assert_eq!(
+            mail[0].upstream.as_deref(),
+            Some("a373b3d5289e50ab26d4cf776bf5891436ff3658")
+        );
+        // The same change: the added and removed lines agree.
+        let changes = |d: &str| -> Vec<String> {
+            d.lines()
+                .filter(|l| {
+                    (l.starts_with('+') && !l.starts_with("+++"))
+                        || (l.starts_with('-') && !l.starts_with("---"))
+                })
+                .map(String::from)
+                .collect()
+        };
+        assert_eq!(changes(&plain[0].diff), changes(&mail[0].diff));
+        assert!(
+            !mail[0].diff.contains("\n-- \n"),
+            "the signature is not part of the diff"
+        );
+    }
+
     #[test]
     fn files_of_a_diff() {
         let d = "--- a/x.c\n+++ b/x.c\n@@\n--- a/gone.c\n+++ /dev/null\n@@\ndiff --git a/old.c b/new.c\nsimilarity index 100%\nrename from old.c\nrename to new.c\n";

@@ -88,5 +88,14 @@ mod tests {
             vec!["7.0"]
         );
         assert_eq!(series_of(None, None, &k), Vec::<String>::new());
+        // The seed mail's subject and header (../shared/seed/).
+        assert_eq!(
+            series_of(
+                Some("[PATCH AUTOSEL 7.0-6.18] dm cache: prevent entering passthrough mode after unclean shutdown"),
+                Some("Linux 7.0"),
+                &k
+            ),
+            vec!["6.18", "6.19", "7.0"]
+        );
     }
 }
