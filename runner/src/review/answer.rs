@@ -55,6 +55,65 @@ pub struct Row {
     pub with: Option<Cell>,
     /// Why the case was not run on this tree (`requires:` an option the build lacks).
     pub not_run: Option<String>,
+    /// A case whose verdict differs between the two sides is run once more on each; these
+    /// are those second runs (without, with).
+    #[serde(default)]
+    pub again: Option<(Cell, Cell)>,
+}
+
+impl Row {
+    /// The second runs disagree with the first on a side: the case is racy on this tree and
+    /// neither closes nor regresses anything.
+    pub fn racy(&self) -> Option<String> {
+        let (a, b) = self.again.as_ref()?;
+        let flip = |first: &Option<Cell>, second: &Cell| {
+            first.as_ref().is_some_and(|f| f.status != second.status)
+        };
+        let mut sides = Vec::new();
+        if flip(&self.without, a) {
+            sides.push(format!(
+                "without: {} then {}",
+                status_word(&self.without),
+                a.status.to_uppercase()
+            ));
+        }
+        if flip(&self.with, b) {
+            sides.push(format!(
+                "with: {} then {}",
+                status_word(&self.with),
+                b.status.to_uppercase()
+            ));
+        }
+        (!sides.is_empty()).then(|| sides.join("; "))
+    }
+    /// Every run of the side with the patch passed.
+    fn with_passes(&self) -> bool {
+        self.with.as_ref().is_some_and(Cell::pass)
+            && self.again.as_ref().is_none_or(|(_, b)| b.pass())
+    }
+    fn with_fails_ever(&self) -> bool {
+        self.with.as_ref().is_some_and(Cell::fail)
+            || self.again.as_ref().is_some_and(|(_, b)| b.fail())
+    }
+}
+
+fn status_word(c: &Option<Cell>) -> String {
+    c.as_ref()
+        .map(|c| c.status.to_uppercase())
+        .unwrap_or_default()
+}
+
+/// The upstream commits a case's `source:` names (12+ hex digits), or the text itself.
+pub fn commits(source: &str) -> String {
+    let ids: Vec<&str> = source
+        .split(|c: char| !c.is_ascii_hexdigit())
+        .filter(|w| w.len() >= 12 && w.chars().any(|c| c.is_ascii_digit()))
+        .collect();
+    if ids.is_empty() {
+        source.to_string()
+    } else {
+        ids.join(", ")
+    }
 }
 
 /// One tree's review.
@@ -86,7 +145,15 @@ impl TreeReview {
     fn both(&self) -> impl Iterator<Item = (&Row, &Cell, &Cell)> {
         self.rows
             .iter()
+            .filter(|r| r.racy().is_none())
             .filter_map(|r| Some((r, r.without.as_ref()?, r.with.as_ref()?)))
+    }
+    /// Cases whose verdict flipped on a re-run, with what was seen.
+    pub fn racy(&self) -> Vec<(String, String)> {
+        self.rows
+            .iter()
+            .filter_map(|r| Some((r.case.clone(), r.racy()?)))
+            .collect()
     }
     /// Fail without the patch, pass with it.
     pub fn closes(&self) -> Vec<String> {
@@ -107,8 +174,13 @@ impl TreeReview {
     pub fn still_failing(&self) -> Vec<(String, String)> {
         self.rows
             .iter()
-            .filter(|r| r.with.as_ref().is_some_and(Cell::fail))
-            .map(|r| (r.case.clone(), r.source.clone().unwrap_or_default()))
+            .filter(|r| r.with_fails_ever())
+            .map(|r| {
+                (
+                    r.case.clone(),
+                    commits(r.source.as_deref().unwrap_or_default()),
+                )
+            })
             .collect()
     }
     /// Cases not run or not judged, each with the reason.
@@ -133,11 +205,9 @@ impl TreeReview {
     }
     /// Every case of `targets` passes with the patch (on a tree that has it: on the tree).
     pub fn targets_hold(&self, targets: &[String]) -> bool {
-        targets.iter().all(|t| {
-            self.rows
-                .iter()
-                .any(|r| &r.case == t && r.with.as_ref().is_some_and(Cell::pass))
-        })
+        targets
+            .iter()
+            .all(|t| self.rows.iter().any(|r| &r.case == t && r.with_passes()))
     }
     fn tested(&self) -> bool {
         self.errors.is_empty() && self.rows.iter().any(|r| r.with.is_some())
@@ -244,7 +314,7 @@ fn applies_text(a: &Applies) -> String {
     match a {
         Applies::Yes(n) if n.is_empty() => "applies cleanly".into(),
         Applies::Yes(n) => format!("applies ({})", n.join("; ")),
-        Applies::AlreadyIn => "already in this tree (reverse-applies cleanly): one build, the cases run on the tree as it is".into(),
+        Applies::AlreadyIn => "is already in this tree (reverse-applies cleanly): one build, the cases run on the tree as it is".into(),
         Applies::No(r) => format!("does not apply: {}", r.join("; ")),
     }
 }
@@ -377,6 +447,16 @@ fn tree_markdown(r: &Review, t: &TreeReview) -> String {
                 .join("; ")
         }
     );
+    let racy = t.racy();
+    if !racy.is_empty() {
+        s += &format!(
+            "- **racy** (the verdict changed between the sides, and a second run of each disagreed with the first; counted neither way): {}\n",
+            racy.iter()
+                .map(|(c, w)| format!("{c} ({w})"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
     let nt = t.not_testable();
     if !nt.is_empty() {
         s += &format!(
@@ -417,6 +497,7 @@ mod tests {
             without: a,
             with: b,
             not_run: None,
+            again: None,
         }
     }
 
@@ -468,10 +549,7 @@ mod tests {
         let t = &r.trees[0];
         assert_eq!(t.closes(), vec!["unclean_passthrough"]);
         assert!(t.regresses().is_empty());
-        assert_eq!(
-            t.still_failing()[0].1,
-            "upstream 7d1f98d668ee and e4f66341779d"
-        );
+        assert_eq!(t.still_failing()[0].1, "7d1f98d668ee, e4f66341779d");
         assert_eq!(
             r.targets(t),
             vec!["unclean_passthrough", "clean_passthrough"]
@@ -481,9 +559,7 @@ mod tests {
         assert!(md.contains("| unclean_passthrough | ❌ FAIL accepted — data loss | ✅ PASS refused: unclean shutdown (can_resume) |"), "{md}");
         assert!(md.contains("- **closes:** unclean_passthrough\n"));
         assert!(md.contains("- **regresses:** none\n"));
-        assert!(
-            md.contains("passthrough_concurrent_writes (upstream 7d1f98d668ee and e4f66341779d)")
-        );
+        assert!(md.contains("passthrough_concurrent_writes (7d1f98d668ee, e4f66341779d)"));
         assert!(md.contains("- 7.0: HTTP 404"));
         assert!(md.contains("\nTested-by: A Tester <a@t>\n"));
     }
@@ -512,6 +588,56 @@ mod tests {
         let md = markdown(&r, "x");
         assert!(md.contains("- **regresses:** clean_passthrough\n"));
         assert!(!md.contains("Tested-by"));
+    }
+
+    #[test]
+    fn a_racy_change_counts_neither_way() {
+        let mut racy = row(
+            "passthrough_write_ordering",
+            "upstream 0c5eef0aad50 + 4ca8b8bd952d",
+            cell("pass", "after the commit"),
+            cell("fail", "before the commit"),
+        );
+        racy.again = Some((
+            cell("fail", "before the commit").unwrap(),
+            cell("fail", "before the commit").unwrap(),
+        ));
+        let mut steady = row(
+            "unclean_passthrough",
+            "upstream a373b3d5289e",
+            cell("fail", "accepted"),
+            cell("pass", "refused"),
+        );
+        steady.again = Some((
+            cell("fail", "accepted").unwrap(),
+            cell("pass", "refused").unwrap(),
+        ));
+        let r = review(vec![steady, racy], Applies::Yes(vec![]));
+        let t = &r.trees[0];
+        assert!(t.regresses().is_empty());
+        assert_eq!(t.closes(), vec!["unclean_passthrough"]);
+        assert_eq!(t.racy()[0].1, "without: PASS then FAIL");
+        assert_eq!(t.still_failing()[0].0, "passthrough_write_ordering");
+        assert_eq!(r.outcome(), Outcome::Closes);
+        assert!(markdown(&r, "x").contains("- **racy**"));
+        // A target whose second run with the patch fails does not hold.
+        let mut flaky_fix = row(
+            "unclean_passthrough",
+            "upstream a373b3d5289e",
+            cell("fail", "accepted"),
+            cell("pass", "refused"),
+        );
+        flaky_fix.again = Some((
+            cell("fail", "accepted").unwrap(),
+            cell("fail", "accepted").unwrap(),
+        ));
+        let r = review(vec![flaky_fix], Applies::Yes(vec![]));
+        assert_eq!(r.outcome(), Outcome::DoesNotClose);
+        assert_eq!(
+            commits("upstream 0c5eef0aad50 + 4ca8b8bd952d (steps 1-5)"),
+            "0c5eef0aad50, 4ca8b8bd952d"
+        );
+        assert_eq!(commits("good path"), "good path");
     }
 
     #[test]

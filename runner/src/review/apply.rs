@@ -82,14 +82,21 @@ fn run_series(
         let text = String::from_utf8_lossy(&out.stdout).to_string()
             + &String::from_utf8_lossy(&out.stderr);
         let (ok, lines) = summarize(&text);
-        let name = p.subject.clone().unwrap_or_else(|| p.source.clone());
+        // One patch: its hunks speak for themselves; a series: say which patch.
+        let name = match series.len() {
+            1 => String::new(),
+            _ => format!(
+                "{}: ",
+                p.subject.clone().unwrap_or_else(|| p.source.clone())
+            ),
+        };
         if !out.status.success() || !ok {
             return Ok(Err(lines
                 .into_iter()
-                .map(|l| format!("{name}: {l}"))
+                .map(|l| format!("{name}{l}"))
                 .collect()));
         }
-        notes.extend(lines.into_iter().map(|l| format!("{name}: {l}")));
+        notes.extend(lines.into_iter().map(|l| format!("{name}{l}")));
     }
     Ok(Ok(notes))
 }
@@ -172,10 +179,7 @@ mod tests {
         assert_eq!(check(t.path(), &[patch(D)]).unwrap(), Applies::AlreadyIn);
         write(&t, "q1\nq2\nq3\nq4\nq5\nq6\nq7\nq8\n");
         match check(t.path(), &[patch(D)]).unwrap() {
-            Applies::No(r) => assert!(
-                r.iter().any(|l| l == "[PATCH] t: f.c: hunk #1 failed at 3"),
-                "{r:?}"
-            ),
+            Applies::No(r) => assert!(r.iter().any(|l| l == "f.c: hunk #1 failed at 3"), "{r:?}"),
             o => panic!("{o:?}"),
         }
         std::fs::remove_file(t.path().join("f.c")).unwrap();

@@ -224,6 +224,7 @@ pub fn review(req: &Request, ui: &(dyn Fn(&str) + Sync)) -> Result<Review> {
                 without: None,
                 with: None,
                 not_run: None,
+                again: None,
             };
             for (si, side) in built.iter().enumerate() {
                 let Some(side) = side else { continue };
@@ -234,7 +235,7 @@ pub fn review(req: &Request, ui: &(dyn Fn(&str) + Sync)) -> Result<Review> {
                         }
                     }
                     Ok((k, _)) => match kernel::check_requires(k, &c.name, &c.requires) {
-                        Err(e) => row.not_run = Some(format!("{e:#}")),
+                        Err(e) => row.not_run = Some(not_run_reason(k, &c.requires, &e)),
                         Ok(()) => jobs.push(Job {
                             tree: ti,
                             case: ci,
@@ -262,7 +263,7 @@ pub fn review(req: &Request, ui: &(dyn Fn(&str) + Sync)) -> Result<Review> {
             .collect();
         bail!("the patch applies to no tree — {}", why.join("; "));
     }
-    let cells = run_jobs(req, &cases, &trees, &sides, &jobs, ui)?;
+    let cells = run_jobs(req, &cases, &trees, &sides, &jobs, false, ui)?;
     for (job, cell) in jobs.iter().zip(cells) {
         let row = &mut trees[job.tree].rows[job.case];
         if job.side == 0 {
@@ -271,6 +272,7 @@ pub fn review(req: &Request, ui: &(dyn Fn(&str) + Sync)) -> Result<Review> {
             row.with = Some(cell);
         }
     }
+    confirm_changes(req, &cases, &mut trees, &sides, ui)?;
     Ok(Review {
         subject: patches[0].subject.clone(),
         upstream: patches[0].upstream.clone(),
@@ -299,6 +301,24 @@ fn accels(sides: &[[Option<Side>; 2]]) -> String {
     } else {
         v.join("+")
     }
+}
+
+/// Why a case that `requires:` options cannot run on a review build, in a table cell's
+/// words: the options missing and the `--kconfig` that adds them.
+fn not_run_reason(k: &kernel::Kernel, required: &[String], e: &anyhow::Error) -> String {
+    let text = k
+        .config
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok());
+    let Some(text) = text else {
+        return format!("{e:#}");
+    };
+    let missing = kernel::missing_options(&text, required);
+    let frag = match missing.iter().any(|m| m.starts_with("CONFIG_KASAN")) {
+        true => " (add it with --kconfig kconfigs/kasan.config)".to_string(),
+        false => String::new(),
+    };
+    format!("needs {}{frag}", missing.join(", "))
 }
 
 fn short_applies(a: &Applies) -> String {
@@ -338,13 +358,59 @@ struct Job {
     side: usize,
 }
 
-/// Runs every job (from the result cache where it has one), `req.jobs` VMs at a time.
+/// A verdict that changes with the patch is what the answer rests on: each such case runs
+/// once more on both sides (never from the cache), and a side that disagrees with its first
+/// run makes the case racy on this tree (counted neither as closed nor as regressed).
+fn confirm_changes(
+    req: &Request,
+    cases: &[LoadedCase],
+    trees: &mut [TreeReview],
+    sides: &[[Option<Side>; 2]],
+    ui: &(dyn Fn(&str) + Sync),
+) -> Result<()> {
+    let mut jobs = Vec::new();
+    for (ti, t) in trees.iter().enumerate() {
+        for (ci, r) in t.rows.iter().enumerate() {
+            let (Some(a), Some(b)) = (&r.without, &r.with) else {
+                continue;
+            };
+            if (a.pass() || a.fail()) && (b.pass() || b.fail()) && a.status != b.status {
+                jobs.push(Job {
+                    tree: ti,
+                    case: ci,
+                    side: 0,
+                });
+                jobs.push(Job {
+                    tree: ti,
+                    case: ci,
+                    side: 1,
+                });
+            }
+        }
+    }
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    ui(&format!(
+        "{} case(s) change with the patch: running each once more on both sides",
+        jobs.len() / 2
+    ));
+    let cells = run_jobs(req, cases, trees, sides, &jobs, true, ui)?;
+    for (pair, cells) in jobs.chunks(2).zip(cells.chunks(2)) {
+        trees[pair[0].tree].rows[pair[0].case].again = Some((cells[0].clone(), cells[1].clone()));
+    }
+    Ok(())
+}
+
+/// Runs every job (from the result cache where it has one, unless `fresh`), `req.jobs` VMs
+/// at a time.
 fn run_jobs(
     req: &Request,
     cases: &[LoadedCase],
     trees: &[TreeReview],
     sides: &[[Option<Side>; 2]],
     jobs: &[Job],
+    fresh: bool,
     ui: &(dyn Fn(&str) + Sync),
 ) -> Result<Vec<Cell>> {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -370,7 +436,7 @@ fn run_jobs(
                     .unwrap();
                 let mut opts = req.opts.clone();
                 opts.accel = *accel;
-                let cell = one_cell(case, bytes, k, &opts, &runner, req.fresh);
+                let cell = one_cell(case, bytes, k, &opts, &runner, req.fresh || fresh);
                 let n = done.fetch_add(1, Ordering::SeqCst) + 1;
                 ui(&format!(
                     "[{n}/{}] {} on {}{}: {}{}",
