@@ -490,6 +490,10 @@ pub struct Outcome {
     /// A fixed string that must appear in the kernel log lines printed during the step.
     #[serde(default)]
     pub dmesg: Option<String>,
+    /// `timeout: true`: this outcome is the step running into its `timeout:` — the only kind
+    /// of outcome a timed-out step can match (a hang is never read as a refusal).
+    #[serde(default)]
+    pub timeout: bool,
 }
 
 /// Label a `classify` step gets when no outcome rule matches.

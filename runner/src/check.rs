@@ -287,6 +287,23 @@ pub fn evaluate(case: &Case, run: &CaseRun) -> Verdict {
             }
             BootEnd::Exited | BootEnd::Reset => {}
         }
+        // The guest's own kernel log too: console output can be filtered (log levels, a
+        // console= elsewhere), the kernel's ring buffer is not.
+        let guest_splats: Vec<String> = out
+            .record
+            .klog
+            .as_deref()
+            .map(|l| crate::console::scan(l).splats)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|g| !out.scan.splats.iter().any(|c| c == g))
+            .collect();
+        for s in &guest_splats {
+            failures.push(Failure {
+                what: format!("boot {} `{}`: kernel splat (in the guest's kernel log, not on the console): {s}", b + 1, boot.name),
+                detail: out.record.klog.as_deref().map(|l| crate::console::context(l, s, 2, 12)).unwrap_or_default(),
+            });
+        }
         for s in &out.scan.splats {
             let during = crate::console::step_of(&out.console, s)
                 .and_then(|i| boot.steps.get(i).map(|st| (i, st)))
@@ -596,6 +613,88 @@ mod tests {
             .unwrap_or_else(|| panic!("no step `{what}` in boot {b}"))
     }
 
+    /// A step killed by its timeout is the host's failure: `timeout` exits 124 (137 after the
+    /// KILL), which `expect_status: nonzero` would accept and a `status: nonzero` outcome would
+    /// read as a refusal.
+    #[test]
+    fn a_step_killed_by_its_timeout_fails_whatever_it_expects() {
+        let case = seed_case();
+        // The passthrough activation hangs and is killed: no refusal was seen.
+        for status in [124, 137] {
+            let v = judge(&case, &honest_guest(&case, status, &[], GOOD));
+            assert_eq!(v.status, Status::Fail, "{status}");
+            assert_eq!(
+                v.classifications["passthrough"].label,
+                crate::case::UNCLASSIFIED
+            );
+            assert!(
+                v.failures
+                    .iter()
+                    .any(|f| f.what.contains("timed out after")),
+                "{:?}",
+                v.failures
+            );
+        }
+        // A step that exits 124 by itself well before its limit is a status like any other.
+        let text = "name: t\nsummary: t\ndisks: [{ name: sdc, size: 1MiB }]\nboots:\n  - name: one\n    steps:\n      - run: sleep 60\n        timeout: 3\n        expect_status: nonzero\n";
+        let t = crate::case::parse(text, "t.yaml").unwrap();
+        let rec = |seconds: f64| {
+            vec![BootRecord {
+                started: true,
+                release: Some("6.12.117-test".into()),
+                targets: Some("cache            v2.3.0\n".into()),
+                steps: vec![StepRecord {
+                    status: Some(124),
+                    seconds: Some(seconds),
+                    ..Default::default()
+                }],
+                done: true,
+                ..Default::default()
+            }]
+        };
+        let v = judge(&t, &rec(3.02));
+        assert_eq!(
+            v.status,
+            Status::Fail,
+            "sleep 60 with timeout 3 must not pass"
+        );
+        assert!(
+            v.failures
+                .iter()
+                .any(|f| f.what.contains("timed out after 3 s")),
+            "{:?}",
+            v.failures
+        );
+        let v = judge(&t, &rec(0.4));
+        assert!(
+            !v.failures.iter().any(|f| f.what.contains("timed out")),
+            "{:?}",
+            v.failures
+        );
+    }
+
+    /// An outcome that says `timeout: true` is the one label a timed-out classification gets.
+    #[test]
+    fn a_timeout_outcome_names_a_hang() {
+        let o = vec![
+            crate::case::Outcome {
+                label: "hung".into(),
+                status: None,
+                dmesg: None,
+                timeout: true,
+            },
+            crate::case::Outcome {
+                label: "refused".into(),
+                status: Some(crate::case::ExpectStatus::Nonzero),
+                dmesg: None,
+                timeout: false,
+            },
+        ];
+        assert_eq!(crate::replay::classify_run(&o, 124, true, &[]), "hung");
+        assert_eq!(crate::replay::classify_run(&o, 124, false, &[]), "refused");
+        assert_eq!(classify(&o, 1, &[]), "refused");
+    }
+
     #[test]
     fn refused_by_dirty_check_passes_and_names_the_check() {
         let case = seed_case();
@@ -832,12 +931,14 @@ expect:
             v.failures
                 .iter()
                 .map(|f| f.what.clone())
-                .filter(|w| w.contains("kernel log"))
+                .filter(|w| w.starts_with("assertion failed") && w.contains("kernel log"))
                 .collect()
         };
         let v = judge_small(&case, &["hello"]);
         assert!(both(&v).is_empty(), "{:#?}", v.failures);
         let v = judge_small(&case, &["hello", "BUG: kernel NULL pointer dereference"]);
+        // The splat in the guest's own kernel log fails the run by itself as well.
+        assert_fails(&v, "kernel splat (in the guest's kernel log, not on the console)");
         assert_eq!(
             both(&v),
             vec!["assertion failed: kernel log lacks `BUG:`"],

@@ -65,6 +65,14 @@ pub fn step_of(log: &str, needle: &str) -> Option<usize> {
     None
 }
 
+/// A log file as text, read as bytes: an invalid UTF-8 byte (the kernel prints raw bytes)
+/// becomes U+FFFD instead of dropping the whole log, and with it every splat it shows.
+pub fn read_lossy(path: &std::path::Path) -> String {
+    std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
 /// Strips the `[    1.234567] ` timestamp.
 pub fn strip_ts(line: &str) -> &str {
     let l = line.trim_start();
@@ -125,6 +133,24 @@ pub fn context(log: &str, needle: &str, before: usize, after: usize) -> Vec<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_raw_byte_does_not_hide_a_splat() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("console.log");
+        std::fs::write(
+            &f,
+            b"[ 1.0] name \xff\xfe here\n[ 2.0] BUG: kernel NULL pointer dereference\n",
+        )
+        .unwrap();
+        let log = read_lossy(&f);
+        assert_eq!(
+            scan(&log).splats,
+            vec!["BUG: kernel NULL pointer dereference"]
+        );
+        assert!(fatal_splat(&log).is_some());
+        assert_eq!(read_lossy(&d.path().join("missing")), "");
+    }
 
     const OOPS: &str = "[ 12.5] dmt: step-9 end
 [ 12.6] dmt: step-10 begin

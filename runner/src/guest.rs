@@ -383,6 +383,9 @@ pub struct BootRecord {
     pub crash_marker: bool,
     pub done: bool,
     pub error: Option<String>,
+    /// The guest's own kernel log (`dmesg` at the end of the boot or before its crash).
+    #[serde(skip)]
+    pub klog: Option<String>,
 }
 
 impl BootRecord {
@@ -408,8 +411,13 @@ pub fn parse_target_version(targets: &str, name: &str) -> Option<String> {
     })
 }
 
+/// A record as text.  Read as bytes, lossily: the kernel prints raw bytes (device names,
+/// corrupted metadata strings), and one invalid byte must not drop the whole record (and
+/// with it every splat it shows).
 fn read_opt(p: &Path) -> Option<String> {
-    std::fs::read_to_string(p).ok()
+    std::fs::read(p)
+        .ok()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
 }
 
 /// The kernel log lines between step `i`'s markers in `log` (a `dmesg` dump or the console);
@@ -449,6 +457,7 @@ pub fn read_boot(results: &Path, b: usize, nsteps: usize, console: &str) -> Boot
         }
     }
     let klog = read_opt(&dir.join("dmesg"));
+    rec.klog = klog.clone();
     for i in 0..nsteps {
         let sd = dir.join(step_dir_name(i));
         let seconds = read_opt(&sd.join("time")).and_then(|t| {

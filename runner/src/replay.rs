@@ -53,12 +53,24 @@ pub fn trimmed(stdout: &str) -> String {
     stdout.trim_end_matches('\n').to_string()
 }
 
-/// The first outcome whose status and kernel-log conditions hold.
+/// The first outcome whose status and kernel-log conditions hold (outcomes that say
+/// `timeout: true` match only a step that timed out, and a timed-out step only them).
 pub fn classify(outcomes: &[Outcome], status: i32, dmesg: &[String]) -> String {
+    classify_run(outcomes, status, false, dmesg)
+}
+
+/// [`classify`] for a step that may have run into its timeout.
+pub fn classify_run(
+    outcomes: &[Outcome],
+    status: i32,
+    timed_out: bool,
+    dmesg: &[String],
+) -> String {
     outcomes
         .iter()
         .find(|o| {
-            o.status.unwrap_or(ExpectStatus::Any).accepts(status)
+            o.timeout == timed_out
+                && (timed_out || o.status.unwrap_or(ExpectStatus::Any).accepts(status))
                 && o.dmesg
                     .as_ref()
                     .is_none_or(|m| dmesg.iter().any(|l| l.contains(m.as_str())))
@@ -75,6 +87,7 @@ pub fn classify_unfinished(outcomes: &[Outcome], dmesg: &[String]) -> Option<Str
         .iter()
         .find(|o| {
             o.status.is_none()
+                && !o.timeout
                 && o.dmesg
                     .as_ref()
                     .is_some_and(|m| dmesg.iter().any(|l| l.contains(m.as_str())))
@@ -126,6 +139,16 @@ pub fn replay(case: &Case, records: &[&BootRecord]) -> Replay {
     out
 }
 
+/// Whether a step was killed by its `timeout:` (`timeout -k 5 N` exits 124, or 137 after the
+/// KILL) rather than exiting by itself: its status is then the host's own failure, never one
+/// an `expect_status: nonzero` accepts.  The time the guest recorded must reach the limit; a
+/// step with such a status and no time recorded counts as timed out (the worse reading).
+fn timed_out(step: &Step, r: &StepRecord, status: i32) -> bool {
+    matches!(status, 124 | 137)
+        && r.seconds
+            .is_none_or(|s| s + 0.5 >= f64::from(step.timeout()))
+}
+
 fn step_fact(step: &Step, r: &StepRecord, values: &mut BTreeMap<String, String>) -> StepFact {
     let enabled = step_enabled(step, values);
     let mut f = StepFact {
@@ -175,9 +198,15 @@ fn step_fact(step: &Step, r: &StepRecord, values: &mut BTreeMap<String, String>)
         unreachable!()
     };
     let out = trimmed(&r.stdout);
+    let timed_out = timed_out(step, r, status);
     match &step.kind {
         StepKind::Run(cmd) | StepKind::Capture { cmd, .. } => {
-            if !cmd.expect_status.accepts(status) {
+            if timed_out {
+                f.problems.push(format!(
+                    "timed out after {} s (killed by its timeout)",
+                    step.timeout()
+                ));
+            } else if !cmd.expect_status.accepts(status) {
                 f.problems.push(format!(
                     "exit status {status}, expected {}",
                     cmd.expect_status
@@ -199,8 +228,16 @@ fn step_fact(step: &Step, r: &StepRecord, values: &mut BTreeMap<String, String>)
             }
         }
         StepKind::Classify { name, outcomes, .. } => {
-            let label = classify(outcomes, status, &r.dmesg);
+            let label = classify_run(outcomes, status, timed_out, &r.dmesg);
+            if timed_out && !outcomes.iter().any(|o| o.timeout && o.label == label) {
+                f.problems.push(format!(
+                    "timed out after {} s (killed by its timeout; no outcome says `timeout: true`)",
+                    step.timeout()
+                ));
+            }
             match r.label.as_deref() {
+                // The guest does not tell a timeout from a status: the host's label stands.
+                _ if timed_out => {}
                 Some(g) if g == label => {}
                 Some(g) => f.problems.push(format!(
                     "the guest classified `{g}` but the host `{label}` (from the same exit status and kernel log)"
@@ -235,6 +272,7 @@ mod tests {
             label: label.into(),
             status,
             dmesg: dmesg.map(str::to_string),
+            timeout: false,
         };
         let outcomes = vec![
             o("oops", None, Some("BUG: kernel NULL pointer dereference")),

@@ -284,7 +284,7 @@ impl SplatWatch {
             return false;
         }
         self.checked = Some(Instant::now());
-        let log = std::fs::read_to_string(console).unwrap_or_default();
+        let log = crate::console::read_lossy(console);
         if console::fatal_splat(&log).is_some() {
             self.seen = Some(Instant::now());
         }
@@ -467,7 +467,7 @@ fn run_boot(
             false
         };
         let launched = vm::launch(&cfg, logs, &tag, opts.timeout, &mut tick)?;
-        let console = std::fs::read_to_string(&launched.console_log).unwrap_or_default();
+        let console = crate::console::read_lossy(&launched.console_log);
         let scan = console::scan(&console);
         let record = guest::read_boot(results, b, nsteps, &console);
         let end = boot_end(case, b, &record, &scan, launched.end);

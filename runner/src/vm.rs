@@ -149,8 +149,29 @@ pub fn check_kernel_arg(a: &str) -> Result<(), String> {
             "kernel parameter `{a}`: one parameter, `name` or `name=value`, without spaces or quotes"
         ));
     }
+    let name = a.split('=').next().unwrap_or(a);
+    if SILENCING.iter().any(|s| match s.strip_suffix('.') {
+        Some(prefix) => name.starts_with(&format!("{prefix}.")),
+        None => name == *s,
+    }) {
+        return Err(format!(
+            "kernel parameter `{a}`: it changes what the kernel prints to the console the runner reads its splats from; not allowed"
+        ));
+    }
     Ok(())
 }
+
+/// Parameters that silence or move the console: a splat the runner never sees would be a
+/// PASS never earned.  (`printk.` is a prefix: every printk module parameter.)
+const SILENCING: &[&str] = &[
+    "quiet",
+    "loglevel",
+    "console",
+    "earlycon",
+    "earlyprintk",
+    "printk.",
+    "console_msg_format",
+];
 
 /// Raw disks with explicit `format=raw` (QEMU's probing would forbid writes to block 0,
 /// where dm-cache metadata lives) and a serial the guest resolves to a device node.
@@ -686,6 +707,21 @@ mod tests {
         assert!(vng_args(&cfg())[i + 1].ends_with("cryptomgr.notests"));
         assert!(check_kernel_arg("preempt=full").is_ok());
         assert!(check_kernel_arg("nokaslr").is_ok());
+        for silencing in [
+            "quiet",
+            "loglevel=1",
+            "console=tty0",
+            "printk.time=0",
+            "printk.devkmsg=off",
+            "earlycon=uart8250,io,0x3f8",
+        ] {
+            let e = check_kernel_arg(silencing).unwrap_err();
+            assert!(e.contains("not allowed"), "{silencing}: {e}");
+        }
+        // More output is fine; a name that only starts like one is not refused.
+        assert!(check_kernel_arg("ignore_loglevel").is_ok());
+        assert!(check_kernel_arg("consoleblank=0").is_ok());
+        assert!(check_kernel_arg("quietly").is_ok());
         for bad in ["", "=x", "a b", "x=\"y\"", "x='y'", "a\tb"] {
             assert!(check_kernel_arg(bad).is_err(), "{bad:?}");
         }
