@@ -1115,6 +1115,22 @@ impl Case {
         // Names defined so far (captures and classifications), in execution order.
         let mut defined: Vec<&str> = Vec::new();
         for (b, boot) in self.boots.iter().enumerate() {
+            // A boot's name lands in the generated script, file names and reports.
+            let ok = !boot.name.is_empty()
+                && boot.name.len() <= 40
+                && boot
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c));
+            if !ok {
+                return err(
+                    vec![Key("boots"), Index(b), Key("name")],
+                    format!(
+                        "boot name `{}`: use up to 40 letters, digits, `_` or `-`",
+                        boot.name.escape_debug()
+                    ),
+                );
+            }
             if boot.steps.is_empty() {
                 return err(
                     vec![Key("boots"), Index(b), Key("steps")],
@@ -1522,5 +1538,17 @@ expect:
         assert!(!c.holds(&v));
         v.insert("b".to_string(), "z".to_string());
         assert!(c.holds(&v));
+    }
+
+    #[test]
+    fn a_boot_name_must_be_a_plain_word() {
+        for bad in ["\"a\\nb\"", "\"a b\"", "\"a;b\"", "\"\""] {
+            let text = format!("name: t\nsummary: t\ndisks: [{{ name: sdc, size: 1MiB }}]\nboots:\n  - name: {bad}\n    steps:\n      - run: \"true\"\n");
+            let e = parse(&text, "t.yaml").unwrap_err().to_string();
+            assert!(
+                e.contains("t.yaml:5:") && e.contains("boot name"),
+                "{bad}: {e}"
+            );
+        }
     }
 }

@@ -440,15 +440,27 @@ pub fn evaluate(case: &Case, run: &CaseRun) -> Verdict {
             });
         }
     }
-    let status = if !infra.is_empty() {
+    // A splat the kernel printed is a finding whatever came after it: an infrastructure
+    // failure later (boot 2 never starting) must not turn it into INFRA, nor hide it.
+    let splats: Vec<Failure> = failures
+        .iter()
+        .filter(|f| f.what.contains("kernel splat"))
+        .cloned()
+        .collect();
+    let status = if !infra.is_empty() && splats.is_empty() {
         Status::Infra
-    } else if failures.is_empty() {
+    } else if failures.is_empty() && infra.is_empty() {
         Status::Pass
     } else {
         Status::Fail
     };
-    // An infrastructure failure explains everything after it; don't bury it in consequences.
-    let all_failures = if infra.is_empty() { failures } else { infra };
+    // An infrastructure failure explains everything after it; don't bury it in consequences
+    // (but keep the splats it came after).
+    let all_failures = if infra.is_empty() {
+        failures
+    } else {
+        splats.into_iter().chain(infra).collect()
+    };
     Verdict {
         case: case.name.clone(),
         kernel: run.kernel.spec.clone(),
@@ -757,6 +769,21 @@ mod tests {
         let v = judge(&case, &never);
         assert_eq!(v.status, Status::Infra, "{:?}", v.failures);
         assert_eq!(v.failures.len(), 1, "infra stands alone: {:?}", v.failures);
+        // ... unless the kernel printed a splat in an earlier boot: that is a finding.
+        let mut r = run_of(&case, &never);
+        r.boots[0].scan.splats = vec!["BUG: kernel NULL pointer dereference".into()];
+        let v = evaluate(&case, &r);
+        assert_eq!(v.status, Status::Fail, "{:?}", v.failures);
+        assert!(
+            v.failures[0].what.contains("kernel splat"),
+            "{:?}",
+            v.failures
+        );
+        assert!(
+            v.failures.len() >= 2,
+            "the infrastructure failure is kept too: {:?}",
+            v.failures
+        );
     }
 
     // ---- A lying guest: each way a guest could try to fool the host must FAIL. ----
@@ -938,7 +965,10 @@ expect:
         assert!(both(&v).is_empty(), "{:#?}", v.failures);
         let v = judge_small(&case, &["hello", "BUG: kernel NULL pointer dereference"]);
         // The splat in the guest's own kernel log fails the run by itself as well.
-        assert_fails(&v, "kernel splat (in the guest's kernel log, not on the console)");
+        assert_fails(
+            &v,
+            "kernel splat (in the guest's kernel log, not on the console)",
+        );
         assert_eq!(
             both(&v),
             vec!["assertion failed: kernel log lacks `BUG:`"],

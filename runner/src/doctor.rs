@@ -239,12 +239,18 @@ fn probe(host: &Host, cmd: &str, args: &[&str]) -> Result<String, String> {
     };
     // ETXTBSY: a file just written (a tool installed a moment ago, or a test's fake tool)
     // can still be open for writing in a child another thread forked; it passes in a moment.
-    let mut got = Command::new(&exe).args(args).env("PATH", &host.path).output();
+    let mut got = Command::new(&exe)
+        .args(args)
+        .env("PATH", &host.path)
+        .output();
     for _ in 0..20 {
         match &got {
             Err(e) if e.raw_os_error() == Some(nix::libc::ETXTBSY) => {
                 std::thread::sleep(std::time::Duration::from_millis(50));
-                got = Command::new(&exe).args(args).env("PATH", &host.path).output();
+                got = Command::new(&exe)
+                    .args(args)
+                    .env("PATH", &host.path)
+                    .output();
             }
             _ => break,
         }

@@ -219,6 +219,12 @@ fn step_fact(step: &Step, r: &StepRecord, values: &mut BTreeMap<String, String>)
                 }
             }
             if let StepKind::Capture { name, expect, .. } = &step.kind {
+                // Records are read lossily: two different binary outputs could read alike.
+                if out.contains('\u{FFFD}') {
+                    f.problems.push(format!(
+                        "`{name}` is not text (invalid UTF-8): capture a text, e.g. `… | md5sum`"
+                    ));
+                }
                 if let Some(want) = expect.as_ref().filter(|w| **w != out) {
                     f.problems
                         .push(format!("`{name}` is `{out}`, expected `{want}`"));

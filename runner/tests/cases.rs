@@ -183,6 +183,20 @@ fn udev_opt_in(spec: &str, kernels: &Kernels) -> Result<(), Failed> {
     }
 }
 
+/// Issue 18's verified lies, in real VMs: each fixture must FAIL, saying why.
+fn must_fail_with(name: &str, why: &str, spec: &str, kernels: &Kernels) -> Result<(), Failed> {
+    let (v, text) = run_fixture(name, spec, kernels)?;
+    if v.status == Status::Fail && v.failures.iter().any(|f| f.what.contains(why)) {
+        Ok(())
+    } else {
+        Err(format!(
+            "expected FAIL mentioning `{why}`, got {:?}\n{text}",
+            v.status
+        )
+        .into())
+    }
+}
+
 fn coverage(m: &Matrix) -> Result<(), Failed> {
     let mut gaps = Vec::new();
     for (name, path) in case::list().map_err(|e| format!("{e:#}"))? {
@@ -672,6 +686,7 @@ fn main() {
         .find(|s| s.starts_with("debian:"))
         .unwrap_or_else(|| kernel::DEFAULT_SPEC.to_string());
     let ks = kernels.clone();
+    let protocol_kernel_2 = protocol_kernel.clone();
     let (udev_kernel, uks) = (protocol_kernel.clone(), kernels.clone());
     trials.push(Trial::test("vm::guest_protocol", move || {
         guest_protocol(&protocol_kernel, &ks)
@@ -679,6 +694,15 @@ fn main() {
     trials.push(Trial::test("vm::udev_opt_in", move || {
         udev_opt_in(&udev_kernel, &uks)
     }));
+    for (name, why) in [
+        ("raw_byte_then_bug", "kernel splat"),
+        ("timeout_is_no_refusal", "timed out after 3 s"),
+    ] {
+        let (spec, ks) = (protocol_kernel_2.clone(), kernels.clone());
+        trials.push(Trial::test(format!("vm::{name}"), move || {
+            must_fail_with(name, why, &spec, &ks)
+        }));
+    }
     // The reviewer's command on the backport's own tree (6.18.15 from Debian's orig tarball),
     // from the mail-formatted copy of the patch: it closes unclean_passthrough (the empty-cache
     // case passes either way: accepted is 2.3.0's expected behaviour, refused 2.4.0's) and

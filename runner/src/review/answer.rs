@@ -567,11 +567,20 @@ mod tests {
     #[test]
     fn the_json_carries_the_answer() {
         let r = review(
-            vec![row("unclean_passthrough", "upstream a373b3d5289e", cell("fail", "accepted"), cell("pass", "refused"))],
+            vec![row(
+                "unclean_passthrough",
+                "upstream a373b3d5289e",
+                cell("fail", "accepted"),
+                cell("pass", "refused"),
+            )],
             Applies::Yes(vec![]),
         );
         let v = to_json(&r);
-        assert_eq!(v["trees"][0]["closes"], serde_json::json!(["unclean_passthrough"]), "{v:#}");
+        assert_eq!(
+            v["trees"][0]["closes"],
+            serde_json::json!(["unclean_passthrough"]),
+            "{v:#}"
+        );
         assert_eq!(v["trees"][0]["regresses"], serde_json::json!([]));
         assert_eq!(v["outcome"], serde_json::json!("closes"));
     }
