@@ -529,8 +529,8 @@ fn cmd_review(
     let md = review::answer::markdown(&r, &review::tested_by());
     println!("{md}");
     if let Some(f) = json {
-        std::fs::write(f, report::to_json(&r))
-            .with_context(|| format!("writing {}", f.display()))?;
+        let text = serde_json::to_string_pretty(&review::answer::to_json(&r))? + "\n";
+        std::fs::write(f, text).with_context(|| format!("writing {}", f.display()))?;
     }
     if let Some(f) = markdown {
         std::fs::write(f, &md).with_context(|| format!("writing {}", f.display()))?;

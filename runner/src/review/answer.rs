@@ -294,7 +294,7 @@ impl Review {
 /// The review as JSON: everything measured, plus per tree the answer in words (closes,
 /// regresses, targets, still failing, not testable) and the overall outcome.
 pub fn to_json(r: &Review) -> serde_json::Value {
-    let mut v = serde_json::to_value(r).unwrap_or_default();
+    let mut v = serde_json::to_value(r).expect("a review serializes");
     if let Some(trees) = v.get_mut("trees").and_then(|t| t.as_array_mut()) {
         for (j, t) in trees.iter_mut().zip(&r.trees) {
             let targets = r.targets(t);
@@ -575,6 +575,12 @@ mod tests {
             )],
             Applies::Yes(vec![]),
         );
+        let mut r = r;
+        r.trees[0].rows[0].again = Some((
+            cell("fail", "accepted").unwrap(),
+            cell("pass", "refused").unwrap(),
+        ));
+        serde_json::to_value(&r).unwrap();
         let v = to_json(&r);
         assert_eq!(
             v["trees"][0]["closes"],
