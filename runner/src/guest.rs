@@ -287,6 +287,18 @@ pub enum ToolFacts {
     OnHost,
 }
 
+/// Removes whatever is at `p` without following it (a symlink is removed, not its target)
+/// and makes an empty directory there.
+fn fresh_dir(p: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(p),
+        Ok(_) => std::fs::remove_file(p),
+        Err(_) => Ok(()),
+    }
+    .with_context(|| format!("cannot remove {}", p.display()))?;
+    std::fs::create_dir_all(p).with_context(|| format!("cannot create {}", p.display()))
+}
+
 /// Records the tool versions into `facts/` of the boot dir `dir`, running the guest snippet on
 /// the host.
 fn host_tool_versions(dir: &Path) -> Result<()> {
@@ -323,6 +335,9 @@ pub fn prepare_boot(
     tools: ToolFacts,
 ) -> Result<PathBuf> {
     let dir = boot_dir(results, b);
+    // The results dir is shared read-write with the guest of the previous boot: whatever it
+    // left at these paths (a symlink to a host directory, say) is removed, never followed.
+    fresh_dir(&dir)?;
     if b == 0 && tools == ToolFacts::OnHost {
         host_tool_versions(&dir)?;
     }
@@ -330,8 +345,7 @@ pub fn prepare_boot(
     let fixtures = case.file_texts()?;
     let files = results.join(FILES_DIR);
     if !fixtures.is_empty() {
-        std::fs::create_dir_all(&files)
-            .with_context(|| format!("cannot create {}", files.display()))?;
+        fresh_dir(&files)?;
     }
     for (name, text) in fixtures {
         std::fs::write(files.join(name), text)
@@ -549,6 +563,31 @@ pub fn write_boot(results: &Path, b: usize, rec: &BootRecord) -> std::io::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_guest_made_link_is_removed_not_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let host = d.path().join("host-dir");
+        std::fs::create_dir(&host).unwrap();
+        std::fs::write(host.join("precious"), "x").unwrap();
+        let link = d.path().join("files");
+        std::os::unix::fs::symlink(&host, &link).unwrap();
+        fresh_dir(&link).unwrap();
+        assert!(
+            link.is_dir()
+                && !std::fs::symlink_metadata(&link)
+                    .unwrap()
+                    .file_type()
+                    .is_symlink()
+        );
+        assert_eq!(std::fs::read_to_string(host.join("precious")).unwrap(), "x");
+        std::fs::write(link.join("old"), "y").unwrap();
+        fresh_dir(&link).unwrap();
+        assert!(
+            !link.join("old").exists(),
+            "fresh: nothing left from before"
+        );
+    }
     use crate::case;
     use crate::replay;
 
