@@ -221,7 +221,12 @@ pub fn build(req: &BuildRequest, progress: &mut dyn FnMut(&str)) -> Result<Built
         tmp.join("info.json"),
         serde_json::to_string_pretty(&info)? + "\n",
     )?;
-    if fs::rename(&tmp, &outdir).is_err() {
+    // Durable before it is visible: a power loss must not leave an empty bzImage under a
+    // valid key (the rename is the commit; its directory is synced after it).
+    sync_tree(&tmp)?;
+    let renamed = fs::rename(&tmp, &outdir);
+    let _ = fs::File::open(&outroot).and_then(|d| d.sync_all());
+    if renamed.is_err() {
         // Someone else finished the same variant first; theirs is as good as ours.
         let _ = fs::remove_dir_all(&tmp);
     }
@@ -233,6 +238,18 @@ pub fn build(req: &BuildRequest, progress: &mut dyn FnMut(&str)) -> Result<Built
         build_secs: t0.elapsed().as_secs_f64(),
         key,
     })
+}
+
+/// fsync every file of a directory, then the directory.
+fn sync_tree(dir: &Path) -> Result<()> {
+    for e in fs::read_dir(dir)? {
+        let p = e?.path();
+        if p.is_file() {
+            fs::File::open(&p)?.sync_all()?;
+        }
+    }
+    fs::File::open(dir)?.sync_all()?;
+    Ok(())
 }
 
 fn sha_hex(parts: &[&[u8]]) -> String {
