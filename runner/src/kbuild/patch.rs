@@ -76,7 +76,28 @@ pub(crate) fn patch_paths(text: &str) -> Result<Vec<String>> {
         }
         Ok(())
     };
+    // The files a variant restores come from these headers: a hunk this reader cannot see
+    // would stay in the shared tree for the next variant, so other formats are refused.
+    if let Some(n) = lines.iter().position(|l| *l == "***************") {
+        bail!("line {}: a context diff (`***`/`---` hunks) — only unified diffs are taken: regenerate it with `diff -u` or `git diff`", n + 1);
+    }
     for (i, l) in lines.iter().enumerate() {
+        if let Some(f) = l.strip_prefix("diff --git ") {
+            let next: Vec<&str> = lines[i + 1..]
+                .iter()
+                .take_while(|n| !n.starts_with("diff --git "))
+                .copied()
+                .collect();
+            if next
+                .iter()
+                .any(|n| n.starts_with("GIT binary patch") || n.starts_with("Binary files"))
+            {
+                bail!(
+                    "line {}: a binary diff ({f}) — patch(1) cannot apply it",
+                    i + 1
+                );
+            }
+        }
         if let (Some(a), Some(b)) = (
             l.strip_prefix("--- "),
             lines.get(i + 1).and_then(|n| n.strip_prefix("+++ ")),
@@ -279,6 +300,18 @@ rename to new2.c
             vec!["drivers/md/a.c", "drivers/md/new.c", "old.c", "new2.c"]
         );
         assert!(patch_paths("--- a/../etc/passwd\n+++ b/../etc/passwd\n").is_err());
+        let context =
+            "*** a/x.c\t2024\n--- b/x.c\t2024\n***************\n*** 1,3 ****\n--- 1,4 ----\n";
+        let e = patch_paths(&format!(
+            "--- a/y.c\n+++ b/y.c\n@@ -1 +1 @@\n-a\n+b\n{context}"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("context diff"), "{e}");
+        let bin = "diff --git a/f.bin b/f.bin\nindex 1..2 100644\nGIT binary patch\nliteral 1\n";
+        assert!(patch_paths(bin)
+            .unwrap_err()
+            .to_string()
+            .contains("binary diff"));
     }
 
     #[test]
