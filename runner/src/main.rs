@@ -658,7 +658,14 @@ fn cmd_bisect(
         bisect::KernelsArg::List(l) => l,
         bisect::KernelsArg::Range(a, b) => {
             let p = report::Progress::new("debian");
-            let range = debian::kernel_range(&a, &b, &mut |m| p.message(m));
+            let trees = (
+                a.strip_prefix("build:debian:"),
+                b.strip_prefix("build:debian:"),
+            );
+            let range = match trees {
+                (Some(lo), Some(hi)) => debian::tree_range(lo, hi, &mut |m| p.message(m)),
+                _ => debian::kernel_range(&a, &b, &mut |m| p.message(m)),
+            };
             p.finish();
             let range = range?;
             let left_out = (!range.left_out.is_empty())

@@ -461,6 +461,46 @@ pub fn source_rows(series: Option<&str>, progress: &mut dyn FnMut(&str)) -> Resu
     Ok(rows)
 }
 
+/// The source trees from upstream `lo` to `hi` (inclusive, e.g. `6.19.6`..`7.1.13`) as
+/// `build:debian:V` specs, oldest first — every upstream version with a tree that can be had
+/// (a `linux-source-*` package or a served orig tarball); the others are left out, named.
+/// Bisecting over them fills the hole Debian's binaries leave (6.19–7.1 modules are gone).
+pub fn tree_range(lo: &str, hi: &str, progress: &mut dyn FnMut(&str)) -> Result<index::Range> {
+    for v in [lo, hi] {
+        if version::series(v).is_none() {
+            bail!("build:debian:{v}: a tree range names upstream versions, e.g. build:debian:6.19.6..build:debian:7.1.13");
+        }
+    }
+    let rows = source_rows(None, progress)?;
+    Ok(pick_trees(&rows, lo, hi))
+}
+
+/// The pure part of [`tree_range`].
+fn pick_trees(rows: &[SourceRow], lo: &str, hi: &str) -> index::Range {
+    let inside = |u: &str| version::cmp(u, lo).is_ge() && version::cmp(u, hi).is_le();
+    let mut ok: Vec<String> = rows
+        .iter()
+        .filter(|r| r.ok && inside(&r.upstream))
+        .map(|r| r.upstream.clone())
+        .collect();
+    ok.sort_by(|a, b| version::cmp(a, b));
+    ok.dedup();
+    let mut left_out: Vec<String> = rows
+        .iter()
+        .filter(|r| !r.ok && inside(&r.upstream) && !ok.contains(&r.upstream))
+        .map(|r| r.upstream.clone())
+        .collect();
+    left_out.sort_by(|a, b| version::cmp(a, b));
+    left_out.dedup();
+    index::Range {
+        kernels: ok
+            .into_iter()
+            .map(|u| format!("build:debian:{u}"))
+            .collect(),
+        left_out,
+    }
+}
+
 /// The `kernel list --sources` table.
 pub fn render_source_rows(rows: &[SourceRow]) -> String {
     let mut out = format!(
@@ -563,6 +603,36 @@ pub fn unpack_source(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tree_range_keeps_what_can_be_had() {
+        let row = |u: &str, ok: bool| SourceRow {
+            upstream: u.into(),
+            uploads: vec![],
+            from: String::new(),
+            ok,
+            why: String::new(),
+        };
+        let rows = [
+            row("7.2.13", true),
+            row("7.1.13", true),
+            row("7.1.7", false),
+            row("7.0.13", false),
+            row("6.19.11", true),
+            row("6.19.6", true),
+            row("6.18.15", true),
+        ];
+        let r = pick_trees(&rows, "6.19.6", "7.1.13");
+        assert_eq!(
+            r.kernels,
+            vec![
+                "build:debian:6.19.6",
+                "build:debian:6.19.11",
+                "build:debian:7.1.13"
+            ]
+        );
+        assert_eq!(r.left_out, vec!["7.0.13", "7.1.7"]);
+    }
 
     #[test]
     fn source_specs() {
