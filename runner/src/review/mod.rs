@@ -189,63 +189,10 @@ pub fn review(req: &Request, ui: &(dyn Fn(&str) + Sync)) -> Result<Review> {
             }
         };
         ui(&format!("{tree}: the patch {}", short_applies(&applies)));
-        let base = std::iter::once(format!("build:{tree}")).chain(frags.iter().cloned());
-        let with_patch = std::iter::once(format!("build:{tree}"))
-            .chain(files.iter().map(|f| f.display().to_string()))
-            .chain(frags.iter().cloned());
-        let specs: [Option<String>; 2] = match &applies {
-            Applies::Yes(_) => [
-                Some(base.collect::<Vec<_>>().join(",")),
-                Some(with_patch.collect::<Vec<_>>().join(",")),
-            ],
-            Applies::AlreadyIn => [None, Some(base.collect::<Vec<_>>().join(","))],
-            Applies::No(_) => [None, None],
-        };
-        let built: [Option<Side>; 2] = specs.map(|s| {
-            s.map(|spec| {
-                ui(&format!(
-                    "{tree}: building {}",
-                    if spec.contains("/review/patches/") {
-                        "with the patch"
-                    } else {
-                        "without the patch"
-                    }
-                ));
-                build_side(&spec, &mut |m| ui(&format!("{tree}: {m}")))
-            })
-        });
-        let ti = trees.len();
-        let mut errors = Vec::new();
-        let mut rows = Vec::new();
-        for (ci, (_, c, _)) in cases.iter().enumerate() {
-            let mut row = Row {
-                case: c.name.clone(),
-                source: c.source.clone(),
-                without: None,
-                with: None,
-                not_run: None,
-                again: None,
-            };
-            for (si, side) in built.iter().enumerate() {
-                let Some(side) = side else { continue };
-                match &side.kernel {
-                    Err(e) => {
-                        if !errors.contains(e) {
-                            errors.push(e.clone());
-                        }
-                    }
-                    Ok((k, _)) => match kernel::check_requires(k, &c.name, &c.requires) {
-                        Err(e) => row.not_run = Some(not_run_reason(k, &c.requires, &e)),
-                        Ok(()) => jobs.push(Job {
-                            tree: ti,
-                            case: ci,
-                            side: si,
-                        }),
-                    },
-                }
-            }
-            rows.push(row);
-        }
+        let specs = side_specs(&tree, &applies, &files, &frags);
+        let built = build_sides(&tree, specs, ui);
+        let (rows, errors, tree_jobs) = plan_rows(trees.len(), &cases, &built);
+        jobs.extend(tree_jobs);
         sides.push(built);
         trees.push(TreeReview {
             series,
@@ -319,6 +266,85 @@ fn not_run_reason(k: &kernel::Kernel, required: &[String], e: &anyhow::Error) ->
         false => String::new(),
     };
     format!("needs {}{frag}", missing.join(", "))
+}
+
+/// The `build:` specs of a tree's two kernels: without the patch and with it (a tree that
+/// has it already: only the tree, in the "with" slot; a patch that does not apply: none).
+fn side_specs(
+    tree: &str,
+    applies: &Applies,
+    files: &[PathBuf],
+    frags: &[String],
+) -> [Option<String>; 2] {
+    let spec = |patches: &[PathBuf]| -> String {
+        std::iter::once(format!("build:{tree}"))
+            .chain(patches.iter().map(|f| f.display().to_string()))
+            .chain(frags.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    match applies {
+        Applies::Yes(_) => [Some(spec(&[])), Some(spec(files))],
+        Applies::AlreadyIn => [None, Some(spec(&[]))],
+        Applies::No(_) => [None, None],
+    }
+}
+
+fn build_sides(
+    tree: &str,
+    specs: [Option<String>; 2],
+    ui: &(dyn Fn(&str) + Sync),
+) -> [Option<Side>; 2] {
+    let mut i = 0;
+    specs.map(|s| {
+        i += 1;
+        s.map(|spec| {
+            let which = if i == 2 && spec.contains("/review/patches/") {
+                "with"
+            } else {
+                "without"
+            };
+            ui(&format!("{tree}: building {which} the patch"));
+            build_side(&spec, &mut |m| ui(&format!("{tree}: {m}")))
+        })
+    })
+}
+
+/// A tree's rows (one per case), the build errors, and the jobs to run: a case runs on each
+/// built side unless it `requires:` what the build lacks.
+fn plan_rows(
+    ti: usize,
+    cases: &[LoadedCase],
+    built: &[Option<Side>; 2],
+) -> (Vec<Row>, Vec<String>, Vec<Job>) {
+    let (mut rows, mut errors, mut jobs) = (Vec::new(), Vec::new(), Vec::new());
+    for (ci, (_, c, _)) in cases.iter().enumerate() {
+        let mut row = Row {
+            case: c.name.clone(),
+            source: c.source.clone(),
+            without: None,
+            with: None,
+            not_run: None,
+            again: None,
+        };
+        for (si, side) in built.iter().enumerate() {
+            let Some(side) = side else { continue };
+            match &side.kernel {
+                Err(e) if !errors.contains(e) => errors.push(e.clone()),
+                Err(_) => {}
+                Ok((k, _)) => match kernel::check_requires(k, &c.name, &c.requires) {
+                    Err(e) => row.not_run = Some(not_run_reason(k, &c.requires, &e)),
+                    Ok(()) => jobs.push(Job {
+                        tree: ti,
+                        case: ci,
+                        side: si,
+                    }),
+                },
+            }
+        }
+        rows.push(row);
+    }
+    (rows, errors, jobs)
 }
 
 fn short_applies(a: &Applies) -> String {
@@ -567,5 +593,41 @@ pub fn tested_by() -> String {
     match (git("user.name"), git("user.email")) {
         (Some(n), Some(e)) => format!("{n} <{e}>"),
         _ => "YOUR NAME <you@example.org>  (set git config user.name/user.email)".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_two_kernels_of_a_tree() {
+        let files = [PathBuf::from("/c/review/patches/ab.patch")];
+        let frags = ["/r/kconfigs/dm-delay.config".to_string()];
+        let [a, b] = side_specs("debian:6.18.15", &Applies::Yes(vec![]), &files, &frags);
+        assert_eq!(
+            a.as_deref(),
+            Some("build:debian:6.18.15,/r/kconfigs/dm-delay.config")
+        );
+        assert_eq!(
+            b.as_deref(),
+            Some("build:debian:6.18.15,/c/review/patches/ab.patch,/r/kconfigs/dm-delay.config")
+        );
+        let [a, b] = side_specs("debian:7.1.13", &Applies::AlreadyIn, &files, &frags);
+        assert_eq!(a, None);
+        assert_eq!(
+            b.as_deref(),
+            Some("build:debian:7.1.13,/r/kconfigs/dm-delay.config")
+        );
+        assert_eq!(
+            side_specs("debian:6.1", &Applies::No(vec![]), &files, &frags),
+            [None, None]
+        );
+        // Every spec parses as a kernel spec.
+        let [_, b] = side_specs("debian:6.18.15", &Applies::Yes(vec![]), &files, &frags);
+        assert!(matches!(
+            crate::kernel::KernelSpec::parse(&b.unwrap()).unwrap(),
+            crate::kernel::KernelSpec::Build { .. }
+        ));
     }
 }
