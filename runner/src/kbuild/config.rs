@@ -46,7 +46,8 @@ pub(super) fn prepare_tree(
     let log = bdir.join("config.log");
     let _ = fs::remove_file(&log);
     progress("configuring: vng --kconfig");
-    if let Err(e) = run_logged(tree, &["vng", "--kconfig"], &log, false, progress) {
+    let vng = crate::vm::vng_binary(); // $DMCACHE_VMTEST_VNG, as for every boot
+    if let Err(e) = run_logged(tree, &[&vng, "--kconfig"], &log, false, progress) {
         progress(&format!(
             "vng --kconfig failed ({}); falling back to make defconfig",
             first_line(&e)

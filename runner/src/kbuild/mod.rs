@@ -245,9 +245,11 @@ pub(crate) fn variant_key(identity: &str, patches: &[&[u8]], merged_config: &str
 }
 
 /// Which configured tree: the virtme-ng version (its `--kconfig` output) and the
-/// fragments' contents in order (not their paths).
+/// fragments' contents in order (not their paths).  The vng asked is the one that boots
+/// ([`crate::vm::vng_binary`], `$DMCACHE_VMTEST_VNG`), so a build job and a test job with vng
+/// in a venv compute the same key.
 fn config_key(frags: &[Fragment]) -> String {
-    let vng = Command::new("vng")
+    let vng = Command::new(crate::vm::vng_binary())
         .arg("--version")
         .stdin(Stdio::null())
         .output()
