@@ -321,7 +321,7 @@ pub fn wiring(m: &dmcache_vmtest::matrix::Matrix) -> R<()> {
         let name = k["name"].as_str().unwrap_or("");
         let built = m.kernels[name].spec.starts_with("build:");
         let tree = k["tree"].as_str().unwrap_or("");
-        if built != !tree.is_empty() {
+        if built == tree.is_empty() {
             return fail(format!(
                 "kernel {name}: built {built}, but its tree is `{tree}`"
             ));
