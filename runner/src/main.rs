@@ -127,6 +127,19 @@ enum Cmd {
         /// workflow's job list comes from this).
         #[arg(long)]
         list_kernels: bool,
+        /// Print the build plan as JSON and run nothing: the `build:` kernels grouped by
+        /// configured tree (source + fragments), each tree's inputs and cache key, each
+        /// kernel's tree (the GitHub workflow's build and test jobs come from this).
+        #[arg(long)]
+        list_builds: bool,
+        /// Print each pair's accelerator; a pair that ran under another (KVM expected, the
+        /// runner fell back to TCG) makes the exit status 2.
+        #[arg(long, value_name = "kvm|tcg", value_parser = dmcache_vmtest::matrix::ci::parse_accel)]
+        expect_accel: Option<vm::Accel>,
+        /// Print one coverage table (Markdown) from coverage JSON files of several runs
+        /// (`--coverage F` writes F.json) and run nothing.
+        #[arg(long, value_name = "JSON", num_args = 1..)]
+        merge_coverage: Vec<PathBuf>,
     },
     /// Pinned guest userspace images (images/*.yaml).
     Image {
@@ -404,10 +417,26 @@ fn dispatch(cli: Cli) -> Result<i32> {
             logs,
             image,
             list_kernels,
+            list_builds,
+            expect_accel,
+            merge_coverage,
         } => {
+            use dmcache_vmtest::matrix::ci;
+            if !merge_coverage.is_empty() {
+                print!(
+                    "{}",
+                    report::coverage_markdown(&ci::merge_coverage(&merge_coverage)?)
+                );
+                return Ok(0);
+            }
             let mut m = dmcache_vmtest::matrix::load(&file)?;
             if list_kernels {
                 println!("{}", serde_json::to_string(&m.kernel_names())?);
+                return Ok(0);
+            }
+            if list_builds {
+                let base = file.parent().unwrap_or(std::path::Path::new("."));
+                println!("{}", serde_json::to_string(&ci::plan(&m, base)?)?);
                 return Ok(0);
             }
             if !only.is_empty() {
@@ -428,6 +457,10 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 dmcache_vmtest::matrix::run(&m, jobs, repeat, &opts, &|l, e| ui.event(l, e));
             ui.finish();
             print!("{}", report::matrix_table(&results));
+            let (accels, wrong_accel) = ci::accel_report(&results, expect_accel);
+            if expect_accel.is_some() {
+                accels.iter().for_each(|l| println!("{l}"));
+            }
             let write = |p: &Option<PathBuf>, text: String| -> Result<()> {
                 if let Some(p) = p {
                     std::fs::write(p, text)
@@ -436,7 +469,11 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 Ok(())
             };
             write(&junit, report::matrix_junit(&results))?;
-            write(&summary, report::matrix_markdown(&results))?;
+            let mut md = report::matrix_markdown(&results);
+            if expect_accel.is_some() {
+                md += &format!("\n```\n{}\n```\n", accels.join("\n"));
+            }
+            write(&summary, md)?;
             write(&json, report::to_json(&results))?;
             if let Some(p) = &coverage {
                 let c = report::coverage(&results);
@@ -462,7 +499,11 @@ fn dispatch(cli: Cli) -> Result<i32> {
             if bad == 0 {
                 println!("all {n} pairs as expected");
             }
-            Ok(dmcache_vmtest::matrix::exit_code(&results))
+            for p in &wrong_accel {
+                eprintln!("error: {p}");
+            }
+            let code = dmcache_vmtest::matrix::exit_code(&results);
+            Ok(if wrong_accel.is_empty() { code } else { 2 })
         }
         Cmd::Image {
             cmd: ImageCmd::Build { name },

@@ -296,13 +296,13 @@ pub fn matrix_markdown(results: &[crate::matrix::PairResult]) -> String {
 
 /// The backport-coverage view of a matrix run: kernels as rows, cases as columns, each cell
 /// what the kernel did (its classification labels) and whether the case's property held.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Coverage {
     pub cases: Vec<String>,
     pub kernels: Vec<CoverageRow>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct CoverageRow {
     pub kernel: String,
     pub spec: String,
@@ -312,7 +312,7 @@ pub struct CoverageRow {
     pub cells: BTreeMap<String, CoverageCell>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct CoverageCell {
     /// `pass` (the property holds: the fix is there in behaviour), `fail`, or `error`.
     pub verdict: String,

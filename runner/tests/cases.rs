@@ -27,6 +27,8 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod workflow;
+
 type Kernels = Arc<Mutex<BTreeMap<String, Result<(kernel::Kernel, vm::Accel), String>>>>;
 
 fn matrix_path() -> PathBuf {
@@ -229,15 +231,16 @@ fn coverage(m: &Matrix) -> Result<(), Failed> {
     }
 }
 
-/// The workflow's jobs are the matrix's kernels: its job list is `--list-kernels` of
-/// `matrix.yaml` (generated, not kept by hand), and that prints exactly the matrix's kernels.
+/// The workflow's jobs are the matrix's kernels: its job lists are `--list-builds` of
+/// `matrix.yaml` (generated, not kept by hand), whose kernels are exactly `--list-kernels`,
+/// which prints exactly the matrix's kernels.  (The wiring itself: the `workflow::` trials.)
 fn workflow_jobs_from_matrix(m: &Matrix) -> Result<(), Failed> {
     let wf = std::fs::read_to_string(repo().join(".github/workflows/matrix.yml"))
         .map_err(|e| format!("cannot read the workflow: {e}"))?;
     for needle in [
-        "matrix matrix.yaml --list-kernels",
-        "kernel: ${{ fromJSON(needs.kernels.outputs.list) }}",
-        "--only \"${{ matrix.kernel }}\"",
+        "matrix matrix.yaml --list-builds",
+        "kernel: ${{ fromJSON(needs.plan.outputs.plan).kernels }}",
+        "--only \"$KERNEL\"",
         // the one package list, and doctor as a gate, as in README and .ci/run
         "scripts/setup-host.sh",
         "dmcache-vmtest doctor",
@@ -665,6 +668,27 @@ fn main() {
     trials.push(Trial::test("workflow_jobs_from_matrix", move || {
         workflow_jobs_from_matrix(&mw)
     }));
+    trials.push(Trial::test("workflow::shellcheck", workflow::shellcheck));
+    trials.push(Trial::test("workflow::plan_step", workflow::plan_step));
+    let mwire = m.clone();
+    trials.push(Trial::test("workflow::wiring", move || {
+        workflow::wiring(&mwire)
+    }));
+    trials.push(Trial::test("workflow::cache_keys", workflow::cache_keys));
+    trials.push(Trial::test("workflow::settings", workflow::settings));
+    trials.push(Trial::test("workflow::kvm_guard", workflow::kvm_guard));
+    trials.push(Trial::test(
+        "workflow::vng_everywhere",
+        workflow::vng_everywhere,
+    ));
+    trials.push(Trial::test(
+        "workflow::measured_accel",
+        workflow::measured_accel,
+    ));
+    trials.push(Trial::test(
+        "workflow::artifact_is_a_cache_hit",
+        workflow::artifact_is_a_cache_hit,
+    ));
     trials.push(Trial::test("doctor", doctor));
     trials.push(Trial::test(
         "setup_host::backports_source",
