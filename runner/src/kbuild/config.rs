@@ -54,7 +54,9 @@ pub(super) fn prepare_tree(
     run_logged(tree, &merge, &log, false, progress)?;
     run_logged(tree, &["make", "olddefconfig"], &log, false, progress)?;
     let config = fs::read_to_string(tree.join(".config")).context("reading merged .config")?;
-    check_fragments(frags, &config)?;
+    for n in check_fragments(frags, &config)? {
+        progress(&n);
+    }
     fs::write(bdir.join("config.base"), &config)?;
     fs::write(
         bdir.join("state.json"),
@@ -216,10 +218,21 @@ pub(crate) fn verify_fragments(frags: &[Fragment], config: &str) -> Vec<Dropped>
     dropped
 }
 
-pub(super) fn check_fragments(frags: &[Fragment], config: &str) -> Result<()> {
-    let dropped = verify_fragments(frags, config);
+/// Every fragment option must survive, with one exception: an option of
+/// `kconfigs/guest.config` (one file for 6.12 … 7.3) that this tree cannot have at all — its
+/// symbol is absent from `.config`, neither set nor "is not set": undefined in this tree
+/// (7.3 has no PROC_SYSCTL) or its dependencies false (7.3's x86 has no PREEMPT_VOLUNTARY,
+/// only lazy/full).  Those are returned as notes; everything else dropped is an error.
+pub(super) fn check_fragments(frags: &[Fragment], config: &str) -> Result<Vec<String>> {
+    let (na, dropped): (Vec<Dropped>, Vec<Dropped>) = verify_fragments(frags, config)
+        .into_iter()
+        .partition(|d| d.actual.is_none() && d.opt.file.ends_with("guest.config"));
+    let notes: Vec<String> = na
+        .iter()
+        .map(|d| format!("not in this tree (skipped): {d}"))
+        .collect();
     if dropped.is_empty() {
-        return Ok(());
+        return Ok(notes);
     }
     let list: Vec<String> = dropped.iter().map(|d| format!("  {d}")).collect();
     bail!(
@@ -233,6 +246,29 @@ pub(super) fn check_fragments(frags: &[Fragment], config: &str) -> Result<()> {
 mod tests {
     use super::*;
     use crate::kbuild::default_kconfigs;
+
+    #[test]
+    fn a_guest_option_this_tree_cannot_have_is_a_note() {
+        let g = Fragment::parse(
+            "/r/kconfigs/guest.config",
+            "CONFIG_PREEMPT_VOLUNTARY=y\nCONFIG_SMP=y\n",
+        )
+        .unwrap();
+        let d = Fragment::parse("/r/kconfigs/dm-cache.config", "CONFIG_DM_CACHE=y\n").unwrap();
+        // 7.3: the symbol is absent (its dependencies are false): a note.
+        let notes =
+            check_fragments(&[g.clone(), d.clone()], "CONFIG_SMP=y\nCONFIG_DM_CACHE=y\n").unwrap();
+        assert_eq!(notes.len(), 1);
+        assert!(notes[0].contains("PREEMPT_VOLUNTARY"), "{notes:?}");
+        // Visible but turned off: still an error.
+        assert!(check_fragments(
+            std::slice::from_ref(&g),
+            "# CONFIG_PREEMPT_VOLUNTARY is not set\nCONFIG_SMP=y\n"
+        )
+        .is_err());
+        // Any other fragment stays strict, absent or not.
+        assert!(check_fragments(&[d], "CONFIG_SMP=y\n").is_err());
+    }
 
     #[test]
     fn fragment_parse_and_errors() {

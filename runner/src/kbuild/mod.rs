@@ -184,7 +184,9 @@ pub fn build(req: &BuildRequest, progress: &mut dyn FnMut(&str)) -> Result<Built
         progress("a patch touches Kconfig: make olddefconfig");
         run_logged(&tree, &["make", "olddefconfig"], &log, false, progress)?;
         let now = fs::read_to_string(tree.join(".config"))?;
-        check_fragments(&frags, &now)?;
+        for n in check_fragments(&frags, &now)? {
+            progress(&n);
+        }
     }
 
     // make.
