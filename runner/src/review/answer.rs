@@ -38,7 +38,15 @@ impl Cell {
         };
         let mut s = format!("{mark} {}", self.labels.join(", "));
         if let Some(f) = self.failures.first() {
-            let f = f.split(':').next().unwrap_or(f);
+            // "data loss: …" → "data loss"; a longer text is cut, not split mid-quote.
+            let head = f.split(": ").next().unwrap_or(f);
+            let f = if head.len() < 40 && !head.contains('`') {
+                head.to_string()
+            } else if f.chars().count() > 80 {
+                format!("{}…", f.chars().take(80).collect::<String>())
+            } else {
+                f.clone()
+            };
             s += &format!(" — {f}");
         }
         s.trim().to_string()
