@@ -460,6 +460,8 @@ pub fn qemu_binary() -> String {
 pub struct GroupGuard {
     child: Child,
     pgid: Pid,
+    /// Outlives a runner killed with -9 and then kills the group ([`watchdog_argv`]).
+    watchdog: Option<Child>,
     /// The group has been killed (once: afterwards the group id is not ours to signal).
     killed: bool,
     /// The leader's status, once reaped.
@@ -475,12 +477,27 @@ pub enum LeaderEnd {
 
 impl GroupGuard {
     /// Spawns `cmd` in a new process group (`setpgid(0, 0)`) led by the child.
+    ///
+    /// A runner killed with -9 runs no destructor, and vng starts QEMU through `sh -c`
+    /// (`PR_SET_PDEATHSIG` would reach vng only), so each group gets a watchdog outside it:
+    /// it polls the runner once a second and, once the runner is gone, SIGKILLs the group.
+    /// The guard stops the watchdog when it is dropped.
     pub fn spawn(cmd: &mut Command) -> std::io::Result<Self> {
         let child = cmd.process_group(0).spawn()?;
         let pgid = Pid::from_raw(child.id() as i32);
+        let argv = watchdog_argv(std::process::id(), child.id());
+        let watchdog = Command::new(&argv[0])
+            .args(&argv[1..])
+            .process_group(0)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok();
         Ok(GroupGuard {
             child,
             pgid,
+            watchdog,
             killed: false,
             status: None,
         })
@@ -534,7 +551,25 @@ impl GroupGuard {
 impl Drop for GroupGuard {
     fn drop(&mut self) {
         self.kill();
+        if let Some(mut w) = self.watchdog.take() {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
     }
+}
+
+/// The watchdog of the process group `pgid` of runner `runner`: bash polling `kill -0`
+/// (bash: dash's `kill` takes no negative process-group id).
+pub fn watchdog_argv(runner: u32, pgid: u32) -> Vec<String> {
+    vec![
+        "bash".into(),
+        "-c".into(),
+        "while kill -0 \"$1\" 2>/dev/null; do sleep 1; done; kill -KILL -- -\"$2\" 2>/dev/null"
+            .into(),
+        "dmcache-vmtest-watchdog".into(),
+        runner.to_string(),
+        pgid.to_string(),
+    ]
 }
 
 /// How long vng gets to shut QEMU down after SIGTERM before the group is SIGKILLed.
@@ -917,5 +952,25 @@ mod tests {
         g.stop(Duration::from_secs(3));
         assert!(mark.exists(), "the leader never saw SIGTERM");
         assert!(wait_gone(grandchild));
+    }
+
+    /// The watchdog kills its group once the runner it watches is gone.
+    #[test]
+    fn the_watchdog_kills_the_group_of_a_dead_runner() {
+        use std::os::unix::process::CommandExt;
+        let mut group = Command::new("sleep")
+            .arg("100")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        // A runner that is already gone: a child that exited and was reaped.
+        let mut gone = Command::new("true").spawn().unwrap();
+        let dead = gone.id();
+        gone.wait().unwrap();
+        let argv = watchdog_argv(dead, group.id());
+        let st = Command::new(&argv[0]).args(&argv[1..]).status().unwrap();
+        assert!(st.success());
+        let end = group.wait().unwrap();
+        assert!(end.code().is_none(), "killed by a signal: {end:?}");
     }
 }
