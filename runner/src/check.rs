@@ -405,6 +405,22 @@ pub fn evaluate(case: &Case, run: &CaseRun) -> Verdict {
         release: last_rec.and_then(|r| r.release.clone()).unwrap_or_default(),
         cache_target: last_rec.and_then(|r| r.cache_target()),
     };
+    // The expectation is picked by what the guest reports; the host knows the release of
+    // the kernel it booted (from the image's header), and the two must agree.
+    if let Some(host) = run.kernel.release.as_deref() {
+        for (b, o) in run.boots.iter().enumerate() {
+            if let Some(guest) = o.record.release.as_deref().filter(|g| *g != host) {
+                failures.push(Failure {
+                    what: format!(
+                        "boot {} `{}`: the guest reports release `{guest}`, but the kernel booted is `{host}`",
+                        b + 1,
+                        o.name
+                    ),
+                    detail: vec![],
+                });
+            }
+        }
+    }
     let mut expected = BTreeMap::new();
     let mut expected_note = None;
     if let Some(rule) = case.expectation_for(&facts) {
@@ -705,6 +721,17 @@ mod tests {
         assert_eq!(crate::replay::classify_run(&o, 124, true, &[]), "hung");
         assert_eq!(crate::replay::classify_run(&o, 124, false, &[]), "refused");
         assert_eq!(classify(&o, 1, &[]), "refused");
+    }
+
+    #[test]
+    fn a_release_the_host_did_not_boot_fails() {
+        let case = seed_case();
+        let mut recs = honest_guest(&case, 1, &[DIRTY], GOOD);
+        recs[1].release = Some("7.3.4-dmtfake".into());
+        assert_fails(
+            &judge(&case, &recs),
+            "the guest reports release `7.3.4-dmtfake`, but the kernel booted is `6.12.117-test`",
+        );
     }
 
     #[test]
