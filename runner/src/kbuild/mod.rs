@@ -254,7 +254,8 @@ fn sync_tree(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn sha_hex(parts: &[&[u8]]) -> String {
+/// sha256 hex over length-prefixed parts (the one hash of the runner's cache keys).
+pub(crate) fn sha_hex(parts: &[&[u8]]) -> String {
     let mut h = Sha256::new();
     for p in parts {
         // Length-prefixed, so ("ab","c") and ("a","bc") differ.

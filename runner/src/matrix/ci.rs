@@ -19,11 +19,11 @@
 //! `base-7.3-delay-…`).
 
 use super::{Matrix, PairResult};
+use crate::kbuild::sha_hex;
 use crate::report::Coverage;
 use crate::vm::Accel;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -75,15 +75,6 @@ pub struct KernelJob {
     pub spec: String,
     pub tree: String,
     pub build: String,
-}
-
-fn sha_hex(parts: &[&[u8]]) -> String {
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update((p.len() as u64).to_le_bytes());
-        h.update(p);
-    }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `path` relative to `base` when inside it (both canonicalized if they exist).

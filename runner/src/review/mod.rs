@@ -11,12 +11,12 @@ pub mod apply;
 pub mod patch;
 pub mod trees;
 
+use crate::kbuild::sha_hex;
 use crate::{case, check, debian, kbuild, kernel, run, vm};
 use answer::{Cell, Review, Row, TreeReview};
 use anyhow::{bail, Context, Result};
 use apply::Applies;
 use patch::Patch;
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -120,15 +120,6 @@ fn patch_files(patches: &[Patch]) -> Result<Vec<PathBuf>> {
             Ok(f)
         })
         .collect()
-}
-
-fn sha_hex(parts: &[&[u8]]) -> String {
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update((p.len() as u64).to_le_bytes());
-        h.update(p);
-    }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The kconfig fragments of every review build: dm-delay (the write-ordering case needs
