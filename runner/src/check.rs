@@ -86,6 +86,54 @@ pub struct Verdict {
     pub workdir: Option<String>,
 }
 
+/// Splats in the guest's own kernel log that the console did not show: console output can
+/// be filtered (log levels, a console= elsewhere), the kernel's ring buffer is not.
+fn guest_log_splats(
+    b: usize,
+    boot: &crate::case::Boot,
+    out: &crate::run::BootOutcome,
+) -> Vec<Failure> {
+    let Some(log) = out.record.klog.as_deref() else {
+        return vec![];
+    };
+    crate::console::scan(log)
+        .splats
+        .into_iter()
+        .filter(|g| !out.scan.splats.iter().any(|c| c == g))
+        .map(|s| Failure {
+            what: format!(
+                "boot {} `{}`: kernel splat (in the guest's kernel log, not on the console): {s}",
+                b + 1,
+                boot.name
+            ),
+            detail: crate::console::context(log, &s, 2, 12),
+        })
+        .collect()
+}
+
+/// The expectation is picked by what the guest reports; the host knows the release of the
+/// kernel it booted (from the image's header), and the two must agree.
+fn release_mismatches(run: &CaseRun) -> Vec<Failure> {
+    let Some(host) = run.kernel.release.as_deref() else {
+        return vec![];
+    };
+    run.boots
+        .iter()
+        .enumerate()
+        .filter_map(|(b, o)| {
+            let guest = o.record.release.as_deref().filter(|g| *g != host)?;
+            Some(Failure {
+                what: format!(
+                    "boot {} `{}`: the guest reports release `{guest}`, but the kernel booted is `{host}`",
+                    b + 1,
+                    o.name
+                ),
+                detail: vec![],
+            })
+        })
+        .collect()
+}
+
 fn assertion_text(a: &Assertion) -> String {
     if let Some([x, y]) = &a.equal {
         format!("{x} == {y}")
@@ -287,23 +335,7 @@ pub fn evaluate(case: &Case, run: &CaseRun) -> Verdict {
             }
             BootEnd::Exited | BootEnd::Reset => {}
         }
-        // The guest's own kernel log too: console output can be filtered (log levels, a
-        // console= elsewhere), the kernel's ring buffer is not.
-        let guest_splats: Vec<String> = out
-            .record
-            .klog
-            .as_deref()
-            .map(|l| crate::console::scan(l).splats)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|g| !out.scan.splats.iter().any(|c| c == g))
-            .collect();
-        for s in &guest_splats {
-            failures.push(Failure {
-                what: format!("boot {} `{}`: kernel splat (in the guest's kernel log, not on the console): {s}", b + 1, boot.name),
-                detail: out.record.klog.as_deref().map(|l| crate::console::context(l, s, 2, 12)).unwrap_or_default(),
-            });
-        }
+        failures.extend(guest_log_splats(b, boot, out));
         for s in &out.scan.splats {
             let during = crate::console::step_of(&out.console, s)
                 .and_then(|i| boot.steps.get(i).map(|st| (i, st)))
@@ -405,22 +437,7 @@ pub fn evaluate(case: &Case, run: &CaseRun) -> Verdict {
         release: last_rec.and_then(|r| r.release.clone()).unwrap_or_default(),
         cache_target: last_rec.and_then(|r| r.cache_target()),
     };
-    // The expectation is picked by what the guest reports; the host knows the release of
-    // the kernel it booted (from the image's header), and the two must agree.
-    if let Some(host) = run.kernel.release.as_deref() {
-        for (b, o) in run.boots.iter().enumerate() {
-            if let Some(guest) = o.record.release.as_deref().filter(|g| *g != host) {
-                failures.push(Failure {
-                    what: format!(
-                        "boot {} `{}`: the guest reports release `{guest}`, but the kernel booted is `{host}`",
-                        b + 1,
-                        o.name
-                    ),
-                    detail: vec![],
-                });
-            }
-        }
-    }
+    failures.extend(release_mismatches(run));
     let mut expected = BTreeMap::new();
     let mut expected_note = None;
     if let Some(rule) = case.expectation_for(&facts) {

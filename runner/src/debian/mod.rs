@@ -551,6 +551,19 @@ pub fn parse_source_spec(spec: &str) -> Result<(String, SourcePin)> {
     }
 }
 
+/// A temporary directory beside `into` (`.partial-*`, removed when dropped): a download and
+/// unpack happen there and only a complete result is renamed to `into`.
+pub(crate) fn partial_dir(into: &Path) -> Result<tempfile::TempDir> {
+    let parent = into
+        .parent()
+        .with_context(|| format!("{} has no parent directory", into.display()))?;
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    tempfile::Builder::new()
+        .prefix(".partial-")
+        .tempdir_in(parent)
+        .with_context(|| format!("creating a temporary directory in {}", parent.display()))
+}
+
 /// `linux-source-SERIES` at `version`, downloaded, unpacked (`dpkg-deb -x`, then its
 /// `usr/src/PKG.tar.xz`) in a temporary directory beside `into`, and renamed to `into` only
 /// when complete: a failure at any point leaves nothing behind.
@@ -560,14 +573,7 @@ pub fn unpack_source(
     into: &Path,
     progress: &mut dyn FnMut(&str),
 ) -> Result<()> {
-    let parent = into
-        .parent()
-        .with_context(|| format!("{} has no parent directory", into.display()))?;
-    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let work = tempfile::Builder::new()
-        .prefix(".partial-")
-        .tempdir_in(parent)
-        .with_context(|| format!("creating a temporary directory in {}", parent.display()))?;
+    let work = partial_dir(into)?;
     progress(&format!("apt-get download {pkg}={version}"));
     let archive = Archive::open()?;
     let deb = archive

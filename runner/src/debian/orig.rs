@@ -213,14 +213,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 /// `into`, renamed only when complete: a failure (404, checksum mismatch, a full disk)
 /// leaves nothing behind.
 pub fn fetch(tree: &Tree, mirror: &str, into: &Path, progress: &mut dyn FnMut(&str)) -> Result<()> {
-    let parent = into
-        .parent()
-        .with_context(|| format!("{} has no parent directory", into.display()))?;
-    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let work = tempfile::Builder::new()
-        .prefix(".partial-")
-        .tempdir_in(parent)
-        .with_context(|| format!("creating a temporary directory in {}", parent.display()))?;
+    let work = super::partial_dir(into)?;
     let url = tree.url(mirror);
     let file = work.path().join(&tree.orig.name);
     progress(&format!(
