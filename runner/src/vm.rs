@@ -173,6 +173,60 @@ const SILENCING: &[&str] = &[
     "console_msg_format",
 ];
 
+/// Checks every path and value of `cfg` that reaches vng's `sh -c` (vng 1.42 joins
+/// `--run`, `--rwdir`, `--rodir`, `--root`, `--memory` and `--qemu-opts` into one shell
+/// string without quoting) or a QEMU option list split at commas (`-drive …,file=PATH`): a
+/// space, `;`, `$( )` or `,` there would break the boot or run a host command.  The error
+/// names the value and where it comes from.
+pub fn check_vm_config(cfg: &VmConfig) -> Result<()> {
+    let cache = "below the cache dir: $DMCACHE_VMTEST_CACHE, $XDG_CACHE_HOME or $HOME";
+    let work = "below the work dir: $TMPDIR or the system temp dir";
+    check_shell_word(
+        &format!("the kernel image (--kernel, or {cache})"),
+        &cfg.kernel,
+    )?;
+    check_shell_word(&format!("the results dir ({work})"), &cfg.rwdir)?;
+    for (name, p) in &cfg.disks {
+        check_shell_word(&format!("the disk image `{name}` ({work})"), p)?;
+    }
+    if let Some(r) = &cfg.root {
+        check_shell_word(&format!("the guest root (--image, {cache})"), r)?;
+    }
+    if let Some((_, m)) = &cfg.modules {
+        check_shell_word("the kernel's modules dir (next to --kernel)", m)?;
+    }
+    let mem = regex::Regex::new(r"^[0-9]+(\.[0-9]+)?[kKmMgGtT]?$").expect("static regex");
+    if !mem.is_match(&cfg.memory) {
+        bail!(
+            "guest memory `{}` (--memory or the case's vm.memory): write a size such as 1G or 1536M",
+            cfg.memory
+        );
+    }
+    Ok(())
+}
+
+/// A path that vng's shell reads as one word and QEMU as one option value: absolute, and
+/// only letters, digits and `/ . _ - + @ % :` — and `~`, but not where a shell expands it.
+fn check_shell_word(what: &str, p: &Path) -> Result<()> {
+    let s = p
+        .to_str()
+        .with_context(|| format!("{what}: `{}` is not UTF-8", p.display()))?;
+    if !s.starts_with('/') {
+        bail!("{what}: `{s}` must be an absolute path");
+    }
+    let mut prev = '/';
+    for c in s.chars() {
+        let ok = c.is_ascii_alphanumeric()
+            || "/._-+@%:".contains(c)
+            || (c == '~' && !"/=:".contains(prev));
+        if !ok {
+            bail!("{what}: `{s}` has `{c}`, which vng's shell or QEMU's option list would split or run: use a path of letters, digits and / . _ - + @ % :");
+        }
+        prev = c;
+    }
+    Ok(())
+}
+
 /// Raw disks with explicit `format=raw` (QEMU's probing would forbid writes to block 0,
 /// where dm-cache metadata lives) and a serial the guest resolves to a device node.
 fn disk_args(disks: &[(String, PathBuf)]) -> Vec<String> {
@@ -614,6 +668,7 @@ pub fn launch(
     timeout: Duration,
     tick: &mut dyn FnMut() -> bool,
 ) -> Result<Launched> {
+    check_vm_config(cfg)?;
     let console_log = console_log_path(log_dir, tag);
     let stdout_log = log_dir.join(format!("{tag}.stdout.log"));
     let console = std::fs::File::create(&console_log)
@@ -759,6 +814,41 @@ mod tests {
         assert!(check_kernel_arg("quietly").is_ok());
         for bad in ["", "=x", "a b", "x=\"y\"", "x='y'", "a\tb"] {
             assert!(check_kernel_arg(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    /// Finding 5 of issue 18: vng joins these into one `sh -c` string unquoted, and QEMU
+    /// splits `-drive` at commas.
+    #[test]
+    fn paths_that_reach_a_shell_or_a_qemu_option_list_are_checked() {
+        assert!(check_vm_config(&cfg()).is_ok());
+        let mut ok = cfg();
+        ok.kernel = "/c/kernels/debian-6.12.117+deb12-amd64/boot/vmlinuz-6.12.117~rc1".into();
+        assert!(check_vm_config(&ok).is_ok());
+        type Spoil = fn(&mut VmConfig);
+        let bad: [(Spoil, &str); 9] = [
+            (|c| c.kernel = "/k/a b/vmlinuz".into(), "the kernel image"),
+            (|c| c.kernel = "/k/$(touch x)".into(), "has `$`"),
+            (|c| c.kernel = "vmlinuz".into(), "must be an absolute path"),
+            (|c| c.rwdir = "/w;reboot/results".into(), "the results dir"),
+            (
+                |c| c.disks[0].1 = "/w,x/sdc.img".into(),
+                "the disk image `sdc`",
+            ),
+            (|c| c.root = Some("/img/`id`".into()), "the guest root"),
+            (
+                |c| c.modules = Some(("6.12".into(), "/m/~x".into())),
+                "modules dir",
+            ),
+            (|c| c.memory = "1G --rw".into(), "guest memory `1G --rw`"),
+            (|c| c.memory = "1G;id".into(), "guest memory"),
+        ];
+        for (spoil, want) in bad {
+            let mut c = cfg();
+            spoil(&mut c);
+            let e = check_vm_config(&c).unwrap_err().to_string();
+            assert!(e.contains(want), "{want}: {e}");
+            assert_eq!(e.lines().count(), 1, "{e}");
         }
     }
 
