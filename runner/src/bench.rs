@@ -175,6 +175,12 @@ pub fn bare_boots(
             &format!("bare-{i}"),
             Duration::from_secs(300),
             &mut || false,
+            &mut || {
+                eprintln!(
+                    "bare boot {}: waiting for a core (a build or other VMs hold them)",
+                    i + 1
+                )
+            },
         )?;
         if l.end == vm::ProcessEnd::Interrupted {
             bail!("interrupted during bare boot {} of {}", i + 1, kernel.spec);

@@ -10,6 +10,7 @@ pub mod cache;
 pub mod case;
 pub mod check;
 pub mod console;
+pub mod cores;
 pub mod debian;
 pub mod doctor;
 pub mod guest;

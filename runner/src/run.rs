@@ -450,6 +450,8 @@ fn run_boot(
         let tag = format!("boot-{}-try-{attempt}", b + 1);
         let console_path = vm::console_log_path(logs, &tag);
         let mut splat_watch = SplatWatch::default();
+        // Both callbacks report progress: the boot's steps, and a wait for a core.
+        let shared = std::cell::RefCell::new(&mut *events);
         let mut tick = || {
             if splat_watch.expired(&console_path) {
                 return true;
@@ -457,7 +459,7 @@ fn run_boot(
             let done = guest::steps_finished(&bdir, nsteps);
             if done != last_step && done < nsteps && guest::boot_started(&bdir) {
                 last_step = done;
-                events(Event::Step {
+                (shared.borrow_mut())(Event::Step {
                     boot: b,
                     step: done,
                     steps: nsteps,
@@ -466,7 +468,14 @@ fn run_boot(
             }
             false
         };
-        let launched = vm::launch(&cfg, logs, &tag, opts.timeout, &mut tick)?;
+        let mut on_wait = || {
+            (shared.borrow_mut())(Event::Notice(format!(
+                "boot {}: waiting for a core (a kernel build or {} other VMs hold them)",
+                b + 1,
+                crate::cores::slot_count()
+            )))
+        };
+        let launched = vm::launch(&cfg, logs, &tag, opts.timeout, &mut tick, &mut on_wait)?;
         let console = crate::console::read_lossy(&launched.console_log);
         let scan = console::scan(&console);
         let record = guest::read_boot(results, b, nsteps, &console);

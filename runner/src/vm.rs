@@ -650,8 +650,23 @@ pub struct Launched {
     /// Seconds from the start until the console log got its first byte (the host side of a
     /// boot: vng, initramfs, QEMU, firmware), when it got one.
     pub first_output: Option<f64>,
+    /// Seconds spent waiting for a core slot before the start.
+    pub slot_wait: f64,
     pub console_log: PathBuf,
     pub stdout_log: PathBuf,
+}
+
+impl Launched {
+    fn interrupted(log_dir: &Path, tag: &str) -> Self {
+        Launched {
+            end: ProcessEnd::Interrupted,
+            seconds: 0.0,
+            first_output: None,
+            slot_wait: 0.0,
+            console_log: console_log_path(log_dir, tag),
+            stdout_log: log_dir.join(format!("{tag}.stdout.log")),
+        }
+    }
 }
 
 /// Where [`launch`] writes the console of the boot `tag`.
@@ -661,12 +676,15 @@ pub fn console_log_path(log_dir: &Path, tag: &str) -> PathBuf {
 
 /// Runs one boot: `vng` in its own process group, stdout/stderr to log files in `log_dir`
 /// (`<tag>.console.log` holds the kernel console).  `tick` is called ~20×/s while it runs; when it returns true the VM is stopped.
+/// The boot first waits for a core slot ([`crate::cores`]; `on_wait` is called if it must
+/// wait); its timeout counts from when it has one.
 pub fn launch(
     cfg: &VmConfig,
     log_dir: &Path,
     tag: &str,
     timeout: Duration,
     tick: &mut dyn FnMut() -> bool,
+    on_wait: &mut dyn FnMut(),
 ) -> Result<Launched> {
     check_vm_config(cfg)?;
     let console_log = console_log_path(log_dir, tag);
@@ -675,15 +693,16 @@ pub fn launch(
         .with_context(|| format!("cannot create {}", console_log.display()))?;
     let stdout = std::fs::File::create(&stdout_log)
         .with_context(|| format!("cannot create {}", stdout_log.display()))?;
+    let slot = match crate::cores::vm_slot(on_wait) {
+        Ok(s) => s,
+        Err(_) if INTERRUPTED.load(Ordering::SeqCst) => {
+            return Ok(Launched::interrupted(log_dir, tag))
+        }
+        Err(e) => return Err(e),
+    };
     let start = Instant::now();
     if INTERRUPTED.load(Ordering::SeqCst) {
-        return Ok(Launched {
-            end: ProcessEnd::Interrupted,
-            seconds: 0.0,
-            first_output: None,
-            console_log,
-            stdout_log,
-        });
+        return Ok(Launched::interrupted(log_dir, tag));
     }
     // Owned from here on: every return below, `?` included, kills the whole group.
     let may_hide = may_hide_udev();
@@ -745,6 +764,7 @@ pub fn launch(
         end,
         seconds: start.elapsed().as_secs_f64(),
         first_output,
+        slot_wait: slot.waited,
         console_log,
         stdout_log,
     })

@@ -159,8 +159,20 @@ pub fn build(req: &BuildRequest, progress: &mut dyn FnMut(&str)) -> Result<Built
     fs::write(bdir.join("source.txt"), format!("{}\n", ident.identity))?;
 
     let tree = bdir.join("tree");
+    // The host's cores for the unpack, configure and make (VMs wait meanwhile).
+    let mut cores = None;
+    let mut take_cores = |progress: &mut dyn FnMut(&str)| -> Result<()> {
+        if cores.is_none() {
+            let c = crate::cores::all_cores(&mut || {
+                progress("waiting for the host's cores (VMs or another build hold them)")
+            })?;
+            cores = Some(c);
+        }
+        Ok(())
+    };
     if !bdir.join("configured").exists() {
         let src = ensure_source(&req.src, &ident, progress)?;
+        take_cores(progress)?;
         prepare_tree(&src, &bdir, &tree, &frags, progress)?;
     }
     let base = fs::read_to_string(bdir.join("config.base")).context("reading config.base")?;
@@ -170,6 +182,7 @@ pub fn build(req: &BuildRequest, progress: &mut dyn FnMut(&str)) -> Result<Built
     };
     let outdir = outroot.join(&key);
     let tag = format!("-dmt{}", &key[..8]);
+    take_cores(progress)?;
 
     // Patches.
     apply_patch_set(&bdir, &tree, &patches, progress)?;

@@ -1,0 +1,191 @@
+//! The host's cores, shared between kernel builds and VMs by every runner process at once.
+//!
+//! A cold build and TCG VMs on the same two cores make both slow and the racy cases land
+//! differently (measured: boots of 50–60 s instead of 10, and write-ordering pairs that lost
+//! their outcome).  So each VM holds one of N *slots* (N = the host's cores) while it runs, and
+//! a build holds all of them: builds run alone, VMs run N at a time, across processes (`cargo
+//! test`'s threads, a `review`'s jobs, a `matrix` in another terminal).  Slots are `flock`s on
+//! files under the cache root; the kernel drops them when a process dies, so a killed runner
+//! never leaves one held.  A builder first takes the *turnstile*, which new VMs pass through,
+//! so a stream of VMs cannot starve it.
+
+use anyhow::{Context, Result};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// How often a waiter tries again.
+const POLL: Duration = Duration::from_millis(100);
+
+/// One VM's share of the host: dropped (unlocked) when the VM is gone.
+#[derive(Debug)]
+pub struct Slot {
+    _file: File,
+    /// Seconds spent waiting for it.
+    pub waited: f64,
+}
+
+/// Every slot and the turnstile: the holder has the host to itself.
+#[derive(Debug)]
+pub struct AllCores {
+    _turnstile: File,
+    _slots: Vec<File>,
+    /// Seconds spent waiting for it.
+    pub waited: f64,
+}
+
+/// How many VMs may run at once: the host's cores.
+pub fn slot_count() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The lock files' directory under the cache root (created).
+fn dir() -> Result<PathBuf> {
+    let d = crate::cache::dir("cores");
+    std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+    Ok(d)
+}
+
+fn open(dir: &Path, name: &str) -> Result<File> {
+    let p = dir.join(name);
+    File::create(&p).with_context(|| format!("opening the core lock {}", p.display()))
+}
+
+fn slot_name(i: usize) -> String {
+    format!("slot-{i}")
+}
+
+fn interrupted() -> Result<()> {
+    if crate::vm::INTERRUPTED.load(Ordering::SeqCst) {
+        anyhow::bail!("interrupted while waiting for the host's cores");
+    }
+    Ok(())
+}
+
+/// Waits for a free slot (polling, so an interrupt ends the wait).  `waiting` is called once
+/// if the slot is not free at once.
+pub fn vm_slot(waiting: &mut dyn FnMut()) -> Result<Slot> {
+    vm_slot_in(&dir()?, slot_count(), waiting)
+}
+
+fn vm_slot_in(dir: &Path, n: usize, waiting: &mut dyn FnMut()) -> Result<Slot> {
+    let t0 = Instant::now();
+    let turnstile = open(dir, "turnstile")?;
+    let slots = (0..n)
+        .map(|i| open(dir, &slot_name(i)))
+        .collect::<Result<Vec<_>>>()?;
+    let mut told = false;
+    loop {
+        // A builder holds the turnstile exclusively while it collects the slots and builds.
+        if turnstile.try_lock_shared().is_ok() {
+            let free = slots.iter().position(|f| f.try_lock().is_ok());
+            turnstile.unlock().ok();
+            if let Some(i) = free {
+                let file = slots.into_iter().nth(i).expect("position is in range");
+                return Ok(Slot {
+                    _file: file,
+                    waited: t0.elapsed().as_secs_f64(),
+                });
+            }
+        }
+        interrupted()?;
+        if !told {
+            waiting();
+            told = true;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Waits for the whole host: the turnstile, then every slot in order.
+pub fn all_cores(waiting: &mut dyn FnMut()) -> Result<AllCores> {
+    all_cores_in(&dir()?, slot_count(), waiting)
+}
+
+fn all_cores_in(dir: &Path, n: usize, waiting: &mut dyn FnMut()) -> Result<AllCores> {
+    let t0 = Instant::now();
+    let turnstile = open(dir, "turnstile")?;
+    let mut told = false;
+    let mut tell = |told: &mut bool| {
+        if !*told {
+            waiting();
+            *told = true;
+        }
+    };
+    while turnstile.try_lock().is_err() {
+        interrupted()?;
+        tell(&mut told);
+        std::thread::sleep(POLL);
+    }
+    let mut slots = Vec::new();
+    for i in 0..n {
+        let f = open(dir, &slot_name(i))?;
+        while f.try_lock().is_err() {
+            interrupted()?;
+            tell(&mut told);
+            std::thread::sleep(POLL);
+        }
+        slots.push(f);
+    }
+    Ok(AllCores {
+        _turnstile: turnstile,
+        _slots: slots,
+        waited: t0.elapsed().as_secs_f64(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    #[test]
+    fn builds_exclude_vms_and_vms_share_the_slots() {
+        let root = tempfile::tempdir().unwrap();
+        let d = root.path().to_path_buf();
+        let n = 2;
+        // N VMs at once: all get a slot without waiting.
+        let vms: Vec<Slot> = (0..n)
+            .map(|_| vm_slot_in(&d, n, &mut || panic!("a free slot was not taken")).unwrap())
+            .collect();
+        // The N+1st waits (threads: flocks of one process conflict between separate opens,
+        // which is what each call makes).
+        let (d3, (tx3, rx3)) = (d.clone(), mpsc::channel());
+        let third = std::thread::spawn(move || {
+            let s = vm_slot_in(&d3, n, &mut || {}).unwrap();
+            tx3.send(s.waited).unwrap();
+        });
+        assert!(
+            rx3.recv_timeout(Duration::from_millis(300)).is_err(),
+            "3 VMs on 2 slots"
+        );
+        // A builder waits for the running VMs.
+        let (d1, (tx, rx)) = (d.clone(), mpsc::channel());
+        let builder = std::thread::spawn(move || {
+            let all = all_cores_in(&d1, n, &mut || {}).unwrap();
+            tx.send(()).unwrap();
+            std::thread::sleep(Duration::from_millis(800));
+            drop(all);
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_millis(400)).is_err(),
+            "build beside VMs"
+        );
+        // The VMs end: the builder, which holds the turnstile, goes before the waiting VM.
+        drop(vms);
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("build never got the cores");
+        assert!(rx3.try_recv().is_err(), "a VM overtook the waiting build");
+        // While it builds, a new VM waits too; both run once it is done.
+        let mut waited = false;
+        let s = vm_slot_in(&d, n, &mut || waited = true).unwrap();
+        assert!(waited && s.waited >= 0.1, "a VM ran beside a build");
+        let w3 = rx3
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the third VM never ran");
+        assert!(w3 >= 1.0, "the third VM waited only {w3} s");
+        builder.join().unwrap();
+        third.join().unwrap();
+    }
+}
