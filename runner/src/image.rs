@@ -146,8 +146,10 @@ pub fn build(name: &str, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
         .context("cannot list the image's packages")?;
     std::fs::write(tmp.join("packages.txt"), &versions.stdout)?;
     std::fs::write(tmp.join(DONE), format!("{name} {key}\n"))?;
+    crate::cache::sync_path(&tmp).context("syncing the image to disk")?;
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::rename(&tmp, &dir)?;
+    crate::cache::sync_parent(&dir)?;
     Ok(dir)
 }
 

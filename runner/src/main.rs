@@ -253,7 +253,11 @@ fn main() {
     let code = match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            let msg = format!("{e:#}");
+            match dmcache_vmtest::cache::space_hint() {
+                Some(hint) if !msg.contains(&hint) => eprintln!("error: {msg} ({hint})"),
+                _ => eprintln!("error: {msg}"),
+            }
             2
         }
     };

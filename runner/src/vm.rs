@@ -421,8 +421,9 @@ pub fn choose_accel(kernel: &Path) -> Result<(Accel, Option<String>)> {
     }
     let (accel, notice) = probe_kvm(kernel)?;
     // A cache that cannot be written costs a probe next time, nothing else.
-    let _ = std::fs::create_dir_all(cached.parent().unwrap_or(Path::new(".")))
-        .and_then(|_| std::fs::write(&cached, if accel == Accel::Kvm { "kvm" } else { "tcg" }));
+    let _ = std::fs::create_dir_all(cached.parent().unwrap_or(Path::new("."))).and_then(|_| {
+        crate::cache::write_durable(&cached, if accel == Accel::Kvm { b"kvm" } else { b"tcg" })
+    });
     Ok((accel, notice))
 }
 

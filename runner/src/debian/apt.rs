@@ -127,6 +127,7 @@ impl AptState {
     /// all is an error.
     pub fn update(&self) -> Result<Vec<String>> {
         self.prepare()?;
+        crate::cache::ensure_space("apt-get update")?;
         let seen = self.updated_at();
         let lock = std::fs::File::create(self.root.join("lock"))?;
         lock.lock().context("locking the runner's apt state")?;
@@ -237,6 +238,7 @@ impl AptState {
     pub fn download(&self, pkgs: &[(String, String)], dir: &Path) -> Result<Vec<PathBuf>> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let specs: Vec<String> = pkgs.iter().map(|(p, v)| format!("{p}={v}")).collect();
+        crate::cache::ensure_space(&format!("apt-get download {}", specs.join(" ")))?;
         let out = self
             .command("apt-get")
             .current_dir(dir)
@@ -273,15 +275,9 @@ impl AptState {
     }
 }
 
-/// Writes `path` through a temporary file beside it, synced, then renamed into place.
+/// [`crate::cache::write_durable`] with the path in its error.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+    crate::cache::write_durable(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
 
 const COMPRESSED: &[&str] = &["lz4", "zst", "gz", "xz", "bz2", "lzma"];

@@ -214,8 +214,9 @@ pub fn fetch_entry(
         .map(|(p, v)| format!("{p}={v}\n"))
         .collect();
     std::fs::write(root.join(COMPLETE), complete)?;
+    crate::cache::sync_path(&root).context("syncing the unpacked kernel to disk")?;
     match std::fs::rename(&root, &dir) {
-        Ok(()) => {}
+        Ok(()) => crate::cache::sync_parent(&dir)?,
         // Another run finished the same kernel first: keep its copy.
         Err(_) if is_complete(&dir) => {}
         Err(_) => {
@@ -603,7 +604,8 @@ pub fn unpack_source(
     if !top.join("Makefile").is_file() {
         bail!("{pkg}.tar.xz did not unpack to {pkg}/ with a Makefile");
     }
-    std::fs::rename(&top, into).with_context(|| format!("moving the source to {}", into.display()))
+    crate::cache::durable_rename(&top, into)
+        .with_context(|| format!("moving the source to {}", into.display()))
 }
 
 #[cfg(test)]

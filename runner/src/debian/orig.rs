@@ -186,10 +186,9 @@ pub fn probe(tree: &Tree, mirror: &str) -> Result<Probe> {
         },
     };
     all.insert(tree.orig.name.clone(), p.clone());
-    let tmp = probes_file().with_extension("json.tmp");
     std::fs::create_dir_all(crate::cache::dir("debian"))?;
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&all)?)?;
-    std::fs::rename(&tmp, probes_file())?;
+    crate::cache::write_durable(&probes_file(), &serde_json::to_vec_pretty(&all)?)
+        .with_context(|| format!("writing {}", probes_file().display()))?;
     Ok(p)
 }
 
@@ -213,6 +212,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 /// `into`, renamed only when complete: a failure (404, checksum mismatch, a full disk)
 /// leaves nothing behind.
 pub fn fetch(tree: &Tree, mirror: &str, into: &Path, progress: &mut dyn FnMut(&str)) -> Result<()> {
+    crate::cache::ensure_space(&format!("the download of {}", tree.orig.name))?;
     let work = super::partial_dir(into)?;
     let url = tree.url(mirror);
     let file = work.path().join(&tree.orig.name);
@@ -248,7 +248,8 @@ pub fn fetch(tree: &Tree, mirror: &str, into: &Path, progress: &mut dyn FnMut(&s
         .map(|e| e.path())
         .find(|p| p.join("Makefile").is_file())
         .with_context(|| format!("{} has no top directory with a Makefile", tree.orig.name))?;
-    std::fs::rename(&top, into).with_context(|| format!("moving the tree to {}", into.display()))
+    crate::cache::durable_rename(&top, into)
+        .with_context(|| format!("moving the tree to {}", into.display()))
 }
 
 #[cfg(test)]

@@ -173,6 +173,7 @@ pub fn build(req: &BuildRequest, progress: &mut dyn FnMut(&str)) -> Result<Built
     if !bdir.join("configured").exists() {
         let src = ensure_source(&req.src, &ident, progress)?;
         take_cores(progress)?;
+        crate::cache::ensure_space("the kernel build")?;
         prepare_tree(&src, &bdir, &tree, &frags, progress)?;
     }
     let base = fs::read_to_string(bdir.join("config.base")).context("reading config.base")?;
@@ -238,9 +239,9 @@ pub fn build(req: &BuildRequest, progress: &mut dyn FnMut(&str)) -> Result<Built
     )?;
     // Durable before it is visible: a power loss must not leave an empty bzImage under a
     // valid key (the rename is the commit; its directory is synced after it).
-    sync_tree(&tmp)?;
+    crate::cache::sync_path(&tmp).context("syncing the built kernel to disk")?;
     let renamed = fs::rename(&tmp, &outdir);
-    let _ = fs::File::open(&outroot).and_then(|d| d.sync_all());
+    let _ = crate::cache::sync_parent(&outdir);
     if renamed.is_err() {
         // Someone else finished the same variant first; theirs is as good as ours.
         let _ = fs::remove_dir_all(&tmp);
@@ -253,18 +254,6 @@ pub fn build(req: &BuildRequest, progress: &mut dyn FnMut(&str)) -> Result<Built
         build_secs: t0.elapsed().as_secs_f64(),
         key,
     })
-}
-
-/// fsync every file of a directory, then the directory.
-fn sync_tree(dir: &Path) -> Result<()> {
-    for e in fs::read_dir(dir)? {
-        let p = e?.path();
-        if p.is_file() {
-            fs::File::open(&p)?.sync_all()?;
-        }
-    }
-    fs::File::open(dir)?.sync_all()?;
-    Ok(())
 }
 
 /// sha256 hex over length-prefixed parts (the one hash of the runner's cache keys).

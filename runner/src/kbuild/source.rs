@@ -241,7 +241,24 @@ pub(super) fn ensure_source(
             let t = ident.tree.as_ref().expect("debian identity has a tree");
             let dir = debian_src_dir(t);
             let tree = dir.join("tree");
-            if dir.join("complete").exists() && tree.join("Makefile").exists() {
+            let complete = || dir.join("complete").exists() && tree.join("Makefile").exists();
+            if complete() {
+                return Ok(tree);
+            }
+            // One fetch per tree at a time, across processes (two reviews of one tree once
+            // unpacked into the same directory, each removing the other's partial copy).
+            let parent = dir.parent().context("source dir has a parent")?;
+            fs::create_dir_all(parent)?;
+            let mut lock_name = dir.file_name().context("source dir has a name")?.to_owned();
+            lock_name.push(".lock");
+            let lock_path = parent.join(lock_name);
+            let lock = fs::File::create(&lock_path)
+                .with_context(|| format!("creating {}", lock_path.display()))?;
+            if lock.try_lock().is_err() {
+                progress("waiting for another run fetching the same source");
+                lock.lock().context("locking the source fetch")?;
+            }
+            if complete() {
                 return Ok(tree);
             }
             let _ = fs::remove_dir_all(&dir);

@@ -113,9 +113,8 @@ fn patch_files(patches: &[Patch]) -> Result<Vec<PathBuf>> {
         .map(|p| {
             let f = dir.join(format!("{}.patch", &sha_hex(&[p.diff.as_bytes()])[..16]));
             if !f.is_file() {
-                let tmp = f.with_extension("tmp");
-                std::fs::write(&tmp, &p.diff)?;
-                std::fs::rename(&tmp, &f)?;
+                crate::cache::write_durable(&f, p.diff.as_bytes())
+                    .with_context(|| format!("writing {}", f.display()))?;
             }
             Ok(f)
         })
@@ -541,10 +540,7 @@ fn one_cell(
     // Only judged results are kept: an infrastructure failure is tried again next time.
     if cell.pass() || cell.fail() {
         let _ = std::fs::create_dir_all(file.parent().unwrap());
-        let tmp = file.with_extension("tmp");
-        if std::fs::write(&tmp, serde_json::to_vec(&cell).unwrap_or_default()).is_ok() {
-            let _ = std::fs::rename(&tmp, &file);
-        }
+        let _ = crate::cache::write_durable(&file, &serde_json::to_vec(&cell).unwrap_or_default());
     }
     cell
 }
