@@ -188,22 +188,23 @@ fn unearned(case: &Case, run: &CaseRun, rp: &replay::Replay) -> Option<String> {
     None
 }
 
-/// Judges a run.  The host's [`replay`] of the guest's records decides every step; the
-/// guest's own decisions can only add failures.  A PASS is given only when every boot ran and
-/// ended as planned and every step has a record the host agrees with.
-pub fn evaluate(case: &Case, run: &CaseRun) -> Verdict {
-    let mut failures: Vec<Failure> = Vec::new();
-    let mut infra: Vec<Failure> = Vec::new();
-    let mut classifications = BTreeMap::new();
-    let mut boots = Vec::new();
-    let records: Vec<&BootRecord> = run.boots.iter().map(|o| &o.record).collect();
-    let rp = replay::replay(case, &records);
-    let values = &rp.values;
-    let mut captures = BTreeMap::new();
+/// What the per-boot pass found: failures (the case's), infrastructure failures (the
+/// runner's), the values and the summaries the verdict reports.
+#[derive(Default)]
+struct BootPass {
+    failures: Vec<Failure>,
+    infra: Vec<Failure>,
+    classifications: BTreeMap<String, Classification>,
+    captures: BTreeMap<String, String>,
+    boots: Vec<BootSummary>,
+}
 
+/// Every boot of the case: its steps as the replay decided them, how it ended, its splats.
+fn judge_boots(case: &Case, run: &CaseRun, rp: &replay::Replay) -> BootPass {
+    let mut pass = BootPass::default();
     for (b, boot) in case.boots.iter().enumerate() {
         let (Some(out), Some(facts)) = (run.boots.get(b), rp.steps.get(b)) else {
-            failures.push(Failure {
+            pass.failures.push(Failure {
                 what: format!(
                     "boot {} `{}` did not run: an earlier boot went wrong",
                     b + 1,
@@ -213,140 +214,15 @@ pub fn evaluate(case: &Case, run: &CaseRun) -> Verdict {
             });
             continue;
         };
-        let ended_as_planned = matches!(out.end, BootEnd::Exited | BootEnd::Reset);
-        let mut steps = Vec::new();
-        let mut unreached_reported = false;
-        for (i, (step, f)) in boot.steps.iter().zip(facts).enumerate() {
-            let where_ = format!(
-                "boot {} `{}` step {} `{}`",
-                b + 1,
-                boot.name,
-                i + 1,
-                step.label()
-            );
-            for p in &f.problems {
-                failures.push(Failure {
-                    what: format!("{where_}: {p}"),
-                    detail: f.detail.clone(),
-                });
-            }
-            // A step without a record is a failure; when the boot stopped early the boot's
-            // end says why, once, and the steps after it were simply not reached.
-            if f.state == StepState::NotReached && ended_as_planned && !unreached_reported {
-                unreached_reported = true;
-                failures.push(Failure {
-                    what: format!(
-                        "{where_}: no record although the boot {} (never finished)",
-                        out.end.describe()
-                    ),
-                    detail: tail(&out.console, 12),
-                });
-            }
-            if let (StepKind::Capture { name, .. }, Some(v)) = (&step.kind, &f.value) {
-                captures.insert(name.clone(), v.clone());
-            }
-            if let (StepKind::Classify { name, .. }, Some(label)) = (&step.kind, &f.value) {
-                classifications.insert(
-                    name.clone(),
-                    Classification {
-                        label: label.clone(),
-                        status: match f.state {
-                            StepState::Ran(status) => Some(status),
-                            _ => None,
-                        },
-                        evidence: out.record.steps[i]
-                            .dmesg
-                            .iter()
-                            .filter(|l| l.contains("device-mapper"))
-                            .cloned()
-                            .collect(),
-                    },
-                );
-            }
-            let sr = out.record.steps.get(i);
-            steps.push(StepSummary {
-                label: step.label(),
-                status: sr.and_then(|r| r.status),
-                ok: f.problems.is_empty()
-                    && match f.state {
-                        StepState::Crash => out.end == BootEnd::Reset,
-                        StepState::NotReached => false,
-                        StepState::Ran(_) | StepState::Skipped => true,
-                    },
-                skipped: f.state == StepState::Skipped,
-                seconds: sr.and_then(|r| r.seconds),
-            });
+        let steps = judge_steps(b, boot, out, facts, &mut pass);
+        match boot_end_failure(b, boot, out, facts) {
+            Some((f, true)) => pass.infra.push(f),
+            Some((f, false)) => pass.failures.push(f),
+            None => {}
         }
-        match &out.end {
-            BootEnd::Infra(m) | BootEnd::GuestError(m) => infra.push(Failure {
-                what: format!(
-                    "boot {} `{}`: {}",
-                    b + 1,
-                    boot.name,
-                    if matches!(out.end, BootEnd::Infra(_)) {
-                        format!(
-                            "infrastructure failure after {} attempts: {m}",
-                            out.attempts
-                        )
-                    } else {
-                        m.clone()
-                    }
-                ),
-                detail: tail(&out.console, 12),
-            }),
-            BootEnd::Panic(p) => failures.push(Failure {
-                what: format!("boot {} `{}`: kernel panic", b + 1, boot.name),
-                detail: crate::console::context(&out.console, p, 20, 3),
-            }),
-            BootEnd::Hang => failures.push(Failure {
-                what: format!(
-                    "boot {} `{}`: hang — still running at the timeout ({:.0} s)",
-                    b + 1,
-                    boot.name,
-                    out.seconds
-                ),
-                detail: tail(&out.console, 12),
-            }),
-            BootEnd::Died(m) => failures.push(Failure {
-                what: format!(
-                    "boot {} `{}`: the VM ended unexpectedly ({m})",
-                    b + 1,
-                    boot.name
-                ),
-                detail: tail(&out.console, 12),
-            }),
-            BootEnd::Interrupted => infra.push(Failure {
-                what: "interrupted".into(),
-                detail: vec![],
-            }),
-            // The step's own problems say what went wrong (the replay guarantees the
-            // stopping step has at least one); a stop the host cannot place is said here.
-            BootEnd::Aborted(why) => {
-                if !facts.iter().any(|f| !f.problems.is_empty()) {
-                    failures.push(Failure {
-                        what: format!(
-                            "boot {} `{}`: the guest stopped the boot ({why}) but no step says why",
-                            b + 1,
-                            boot.name
-                        ),
-                        detail: tail(&out.console, 12),
-                    });
-                }
-            }
-            BootEnd::Exited | BootEnd::Reset => {}
-        }
-        failures.extend(guest_log_splats(b, boot, out));
-        for s in &out.scan.splats {
-            let during = crate::console::step_of(&out.console, s)
-                .and_then(|i| boot.steps.get(i).map(|st| (i, st)))
-                .map(|(i, st)| format!(" during step {} `{}`", i + 1, st.label()))
-                .unwrap_or_default();
-            failures.push(Failure {
-                what: format!("boot {} `{}`: kernel splat{during}: {s}", b + 1, boot.name),
-                detail: crate::console::context(&out.console, s, 2, 12),
-            });
-        }
-        boots.push(BootSummary {
+        pass.failures.extend(guest_log_splats(b, boot, out));
+        pass.failures.extend(console_splats(b, boot, out));
+        pass.boots.push(BootSummary {
             name: boot.name.clone(),
             end: out.end.clone(),
             seconds: out.seconds,
@@ -355,8 +231,181 @@ pub fn evaluate(case: &Case, run: &CaseRun) -> Verdict {
             steps,
         });
     }
+    pass
+}
 
-    // Case-level assertions.
+/// One boot's steps: their problems, the first unreached step of a boot that ended as
+/// planned, captures and classifications into `pass`; the step summaries.
+fn judge_steps(
+    b: usize,
+    boot: &crate::case::Boot,
+    out: &crate::run::BootOutcome,
+    facts: &[replay::StepFact],
+    pass: &mut BootPass,
+) -> Vec<StepSummary> {
+    let ended_as_planned = matches!(out.end, BootEnd::Exited | BootEnd::Reset);
+    let mut steps = Vec::new();
+    let mut unreached_reported = false;
+    for (i, (step, f)) in boot.steps.iter().zip(facts).enumerate() {
+        let where_ = format!(
+            "boot {} `{}` step {} `{}`",
+            b + 1,
+            boot.name,
+            i + 1,
+            step.label()
+        );
+        for p in &f.problems {
+            pass.failures.push(Failure {
+                what: format!("{where_}: {p}"),
+                detail: f.detail.clone(),
+            });
+        }
+        // A step without a record is a failure; when the boot stopped early the boot's
+        // end says why, once, and the steps after it were simply not reached.
+        if f.state == StepState::NotReached && ended_as_planned && !unreached_reported {
+            unreached_reported = true;
+            pass.failures.push(Failure {
+                what: format!(
+                    "{where_}: no record although the boot {} (never finished)",
+                    out.end.describe()
+                ),
+                detail: tail(&out.console, 12),
+            });
+        }
+        if let (StepKind::Capture { name, .. }, Some(v)) = (&step.kind, &f.value) {
+            pass.captures.insert(name.clone(), v.clone());
+        }
+        if let (StepKind::Classify { name, .. }, Some(label)) = (&step.kind, &f.value) {
+            pass.classifications
+                .insert(name.clone(), classification(label, f, &out.record.steps[i]));
+        }
+        let sr = out.record.steps.get(i);
+        steps.push(StepSummary {
+            label: step.label(),
+            status: sr.and_then(|r| r.status),
+            ok: f.problems.is_empty()
+                && match f.state {
+                    StepState::Crash => out.end == BootEnd::Reset,
+                    StepState::NotReached => false,
+                    StepState::Ran(_) | StepState::Skipped => true,
+                },
+            skipped: f.state == StepState::Skipped,
+            seconds: sr.and_then(|r| r.seconds),
+        });
+    }
+    steps
+}
+
+/// A classification's label with its step's status and the device-mapper lines as evidence.
+fn classification(
+    label: &str,
+    f: &replay::StepFact,
+    rec: &crate::guest::StepRecord,
+) -> Classification {
+    Classification {
+        label: label.to_string(),
+        status: match f.state {
+            StepState::Ran(status) => Some(status),
+            _ => None,
+        },
+        evidence: rec
+            .dmesg
+            .iter()
+            .filter(|l| l.contains("device-mapper"))
+            .cloned()
+            .collect(),
+    }
+}
+
+/// What a boot's end says, if anything: the failure and whether it is the runner's
+/// (infrastructure, interrupt) rather than the kernel's.
+fn boot_end_failure(
+    b: usize,
+    boot: &crate::case::Boot,
+    out: &crate::run::BootOutcome,
+    facts: &[replay::StepFact],
+) -> Option<(Failure, bool)> {
+    let at = format!("boot {} `{}`", b + 1, boot.name);
+    let with_tail = |what: String| Failure {
+        what,
+        detail: tail(&out.console, 12),
+    };
+    match &out.end {
+        BootEnd::Infra(m) => Some((
+            with_tail(format!(
+                "{at}: infrastructure failure after {} attempts: {m}",
+                out.attempts
+            )),
+            true,
+        )),
+        BootEnd::GuestError(m) => Some((with_tail(format!("{at}: {m}")), true)),
+        BootEnd::Panic(p) => Some((
+            Failure {
+                what: format!("{at}: kernel panic"),
+                detail: crate::console::context(&out.console, p, 20, 3),
+            },
+            false,
+        )),
+        BootEnd::Hang => Some((
+            with_tail(format!(
+                "{at}: hang — still running at the timeout ({:.0} s)",
+                out.seconds
+            )),
+            false,
+        )),
+        BootEnd::Died(m) => Some((
+            with_tail(format!("{at}: the VM ended unexpectedly ({m})")),
+            false,
+        )),
+        BootEnd::Interrupted => Some((
+            Failure {
+                what: "interrupted".into(),
+                detail: vec![],
+            },
+            true,
+        )),
+        // The step's own problems say what went wrong (the replay guarantees the stopping
+        // step has at least one); a stop the host cannot place is said here.
+        BootEnd::Aborted(why) if !facts.iter().any(|f| !f.problems.is_empty()) => Some((
+            with_tail(format!(
+                "{at}: the guest stopped the boot ({why}) but no step says why"
+            )),
+            false,
+        )),
+        BootEnd::Aborted(_) | BootEnd::Exited | BootEnd::Reset => None,
+    }
+}
+
+/// Every splat on the console, with the step it happened in.
+fn console_splats(
+    b: usize,
+    boot: &crate::case::Boot,
+    out: &crate::run::BootOutcome,
+) -> Vec<Failure> {
+    out.scan
+        .splats
+        .iter()
+        .map(|s| {
+            let during = crate::console::step_of(&out.console, s)
+                .and_then(|i| boot.steps.get(i).map(|st| (i, st)))
+                .map(|(i, st)| format!(" during step {} `{}`", i + 1, st.label()))
+                .unwrap_or_default();
+            Failure {
+                what: format!("boot {} `{}`: kernel splat{during}: {s}", b + 1, boot.name),
+                detail: crate::console::context(&out.console, s, 2, 12),
+            }
+        })
+        .collect()
+}
+
+/// The case's assertions over the values and the kernel logs.  An assertion on a value that
+/// was never captured is skipped when a boot failed (that failure is the explanation).
+fn assertion_failures(
+    case: &Case,
+    run: &CaseRun,
+    values: &BTreeMap<String, String>,
+    boots_ok: bool,
+) -> Vec<Failure> {
     let all_log = |boot: Option<&str>| -> String {
         run.boots
             .iter()
@@ -368,11 +417,7 @@ pub fn evaluate(case: &Case, run: &CaseRun) -> Verdict {
             .collect::<Vec<_>>()
             .join("\n")
     };
-    let boots_ok = run.boots.len() == case.boots.len()
-        && run
-            .boots
-            .iter()
-            .all(|o| matches!(o.end, BootEnd::Exited | BootEnd::Reset));
+    let mut failures = Vec::new();
     for a in &case.assert {
         let missing = a
             .equal
@@ -381,31 +426,15 @@ pub fn evaluate(case: &Case, run: &CaseRun) -> Verdict {
             .flatten()
             .any(|n| !values.contains_key(n));
         if missing && !boots_ok {
-            continue; // the boot failure above is the explanation
+            continue;
         }
         if a.when.as_ref().is_some_and(|c| !c.holds(values))
             || a.unless.as_ref().is_some_and(|c| c.holds(values))
         {
             continue;
         }
-        let get = |n: &str| values.get(n).cloned();
         let (ok, detail) = if let Some([x, y]) = a.equal.as_ref().or(a.differ.as_ref()) {
-            match (get(x), get(y)) {
-                (Some(vx), Some(vy)) => {
-                    let same = vx == vy;
-                    (
-                        if a.equal.is_some() { same } else { !same },
-                        vec![format!("{x} = {vx}"), format!("{y} = {vy}")],
-                    )
-                }
-                (vx, vy) => (
-                    false,
-                    vec![
-                        format!("{x} = {}", vx.unwrap_or_else(|| "(not captured)".into())),
-                        format!("{y} = {}", vy.unwrap_or_else(|| "(not captured)".into())),
-                    ],
-                ),
-            }
+            compare(values, x, y, a.equal.is_some())
         } else if let Some(m) = &a.dmesg_contains {
             (all_log(a.boot.as_deref()).contains(m.as_str()), vec![])
         } else if let Some(m) = &a.dmesg_absent {
@@ -425,75 +454,143 @@ pub fn evaluate(case: &Case, run: &CaseRun) -> Verdict {
             failures.push(Failure { what: head, detail });
         }
     }
+    failures
+}
 
-    // The outcome this kernel is expected to give.
+/// `equal: [x, y]` (or `differ:`): whether it holds, and both values as the detail; a value
+/// never captured fails it.
+fn compare(
+    values: &BTreeMap<String, String>,
+    x: &str,
+    y: &str,
+    equal: bool,
+) -> (bool, Vec<String>) {
+    match (values.get(x), values.get(y)) {
+        (Some(vx), Some(vy)) => (
+            (vx == vy) == equal,
+            vec![format!("{x} = {vx}"), format!("{y} = {vy}")],
+        ),
+        (vx, vy) => {
+            let shown = |v: Option<&String>| v.cloned().unwrap_or_else(|| "(not captured)".into());
+            (
+                false,
+                vec![
+                    format!("{x} = {}", shown(vx)),
+                    format!("{y} = {}", shown(vy)),
+                ],
+            )
+        }
+    }
+}
+
+/// The release and dm-cache target the guest reported last.
+fn kernel_facts(run: &CaseRun) -> KernelFacts {
     let last_rec = run
         .boots
         .iter()
         .rev()
         .map(|o| &o.record)
         .find(|r| r.release.is_some());
-    let facts = KernelFacts {
+    KernelFacts {
         release: last_rec.and_then(|r| r.release.clone()).unwrap_or_default(),
         cache_target: last_rec.and_then(|r| r.cache_target()),
-    };
-    failures.extend(release_mismatches(run));
-    let mut expected = BTreeMap::new();
-    let mut expected_note = None;
-    if let Some(rule) = case.expectation_for(&facts) {
-        expected_note = rule.note.clone();
-        for (name, allowed) in &rule.classify {
-            let allowed: Vec<String> = allowed.values().iter().map(|s| s.to_string()).collect();
-            match classifications.get(name) {
-                Some(c) if !allowed.contains(&c.label) => failures.push(Failure {
-                    what: format!(
-                        "`{name}` is `{}`, but this kernel (release {}, dm-cache target {}) is expected to give {}",
-                        c.label,
-                        facts.release,
-                        facts.cache_target.as_deref().unwrap_or("?"),
-                        allowed.iter().map(|l| format!("`{l}`")).collect::<Vec<_>>().join(" or ")
-                    ),
-                    detail: c.evidence.clone(),
-                }),
-                None if infra.is_empty() && boots_ok => failures.push(Failure {
-                    what: format!("`{name}` was never classified (its step did not run)"),
-                    detail: vec![],
-                }),
-                _ => {}
-            }
-            expected.insert(name.clone(), allowed);
-        }
     }
+}
 
-    if failures.is_empty() && infra.is_empty() {
+/// The labels this kernel is expected to give (the case's `expect:` rule for its facts) and
+/// the rule's note; a label outside them, or a classification that never happened although
+/// everything ran, is a failure.
+type Expected = (BTreeMap<String, Vec<String>>, Option<String>, Vec<Failure>);
+
+fn expected_outcome(
+    case: &Case,
+    facts: &KernelFacts,
+    classifications: &BTreeMap<String, Classification>,
+    all_ran: bool,
+) -> Expected {
+    let mut expected = BTreeMap::new();
+    let mut failures = Vec::new();
+    let Some(rule) = case.expectation_for(facts) else {
+        return (expected, None, failures);
+    };
+    for (name, allowed) in &rule.classify {
+        let allowed: Vec<String> = allowed.values().iter().map(|s| s.to_string()).collect();
+        match classifications.get(name) {
+            Some(c) if !allowed.contains(&c.label) => failures.push(Failure {
+                what: format!(
+                    "`{name}` is `{}`, but this kernel (release {}, dm-cache target {}) is expected to give {}",
+                    c.label,
+                    facts.release,
+                    facts.cache_target.as_deref().unwrap_or("?"),
+                    allowed.iter().map(|l| format!("`{l}`")).collect::<Vec<_>>().join(" or ")
+                ),
+                detail: c.evidence.clone(),
+            }),
+            None if all_ran => failures.push(Failure {
+                what: format!("`{name}` was never classified (its step did not run)"),
+                detail: vec![],
+            }),
+            _ => {}
+        }
+        expected.insert(name.clone(), allowed);
+    }
+    (expected, rule.note.clone(), failures)
+}
+
+/// The status from the failures, and the failures to report.  A splat the kernel printed is
+/// a finding whatever came after it: an infrastructure failure later (boot 2 never starting)
+/// must not turn it into INFRA, nor hide it; otherwise an infrastructure failure explains
+/// everything after it and is not buried in consequences.
+fn final_status(failures: Vec<Failure>, infra: Vec<Failure>) -> (Status, Vec<Failure>) {
+    if infra.is_empty() {
+        let status = if failures.is_empty() {
+            Status::Pass
+        } else {
+            Status::Fail
+        };
+        return (status, failures);
+    }
+    let splats: Vec<Failure> = failures
+        .into_iter()
+        .filter(|f| f.what.contains("kernel splat"))
+        .collect();
+    let status = if splats.is_empty() {
+        Status::Infra
+    } else {
+        Status::Fail
+    };
+    (status, splats.into_iter().chain(infra).collect())
+}
+
+/// Judges a run.  The host's [`replay`] of the guest's records decides every step; the
+/// guest's own decisions can only add failures.  A PASS is given only when every boot ran and
+/// ended as planned and every step has a record the host agrees with.
+pub fn evaluate(case: &Case, run: &CaseRun) -> Verdict {
+    let records: Vec<&BootRecord> = run.boots.iter().map(|o| &o.record).collect();
+    let rp = replay::replay(case, &records);
+    let mut pass = judge_boots(case, run, &rp);
+    let boots_ok = run.boots.len() == case.boots.len()
+        && run
+            .boots
+            .iter()
+            .all(|o| matches!(o.end, BootEnd::Exited | BootEnd::Reset));
+    pass.failures
+        .extend(assertion_failures(case, run, &rp.values, boots_ok));
+    let facts = kernel_facts(run);
+    pass.failures.extend(release_mismatches(run));
+    let all_ran = pass.infra.is_empty() && boots_ok;
+    let (expected, expected_note, wrong) =
+        expected_outcome(case, &facts, &pass.classifications, all_ran);
+    pass.failures.extend(wrong);
+    if pass.failures.is_empty() && pass.infra.is_empty() {
         if let Some(why) = unearned(case, run, &rp) {
-            failures.push(Failure {
+            pass.failures.push(Failure {
                 what: format!("no PASS without evidence: {why}"),
                 detail: vec![],
             });
         }
     }
-    // A splat the kernel printed is a finding whatever came after it: an infrastructure
-    // failure later (boot 2 never starting) must not turn it into INFRA, nor hide it.
-    let splats: Vec<Failure> = failures
-        .iter()
-        .filter(|f| f.what.contains("kernel splat"))
-        .cloned()
-        .collect();
-    let status = if !infra.is_empty() && splats.is_empty() {
-        Status::Infra
-    } else if failures.is_empty() && infra.is_empty() {
-        Status::Pass
-    } else {
-        Status::Fail
-    };
-    // An infrastructure failure explains everything after it; don't bury it in consequences
-    // (but keep the splats it came after).
-    let all_failures = if infra.is_empty() {
-        failures
-    } else {
-        splats.into_iter().chain(infra).collect()
-    };
+    let (status, failures) = final_status(pass.failures, pass.infra);
     Verdict {
         case: case.name.clone(),
         kernel: run.kernel.spec.clone(),
@@ -508,12 +605,12 @@ pub fn evaluate(case: &Case, run: &CaseRun) -> Verdict {
             .cloned()
             .unwrap_or_default(),
         status,
-        classifications,
-        captures,
+        classifications: pass.classifications,
+        captures: pass.captures,
         expected,
         expected_note,
-        failures: all_failures,
-        boots,
+        failures,
+        boots: pass.boots,
         seconds: run.seconds,
         workdir: run.workdir.as_ref().map(|p| p.display().to_string()),
     }
