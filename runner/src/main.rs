@@ -78,69 +78,9 @@ enum Cmd {
         cmd: KernelCmd,
     },
     /// Time bare boots and a case on one kernel; print per-boot times and the runner's overhead.
-    Bench {
-        #[arg(default_value = "unclean_passthrough")]
-        name: String,
-        /// Bare boots and case runs to time (min/median/max over them).
-        #[arg(long, default_value_t = 3)]
-        runs: usize,
-        /// Also time bare boots of this kernel (e.g. the Debian kernel vs a minimal build).
-        #[arg(long)]
-        compare: Option<String>,
-        #[command(flatten)]
-        args: RunArgs,
-    },
+    Bench(BenchArgs),
     /// Run a kernel × case matrix (YAML) and compare every pair with its expected outcome.
-    Matrix {
-        file: PathBuf,
-        /// VMs at a time (default: one per core, at most one per 2 GiB free memory).
-        #[arg(long)]
-        jobs: Option<usize>,
-        /// Run each pair N times; report flakiness and min/median/max durations.
-        #[arg(long, default_value_t = 1)]
-        repeat: usize,
-        #[arg(long)]
-        junit: Option<PathBuf>,
-        /// Markdown summary (e.g. $GITHUB_STEP_SUMMARY).
-        #[arg(long)]
-        summary: Option<PathBuf>,
-        #[arg(long)]
-        json: Option<PathBuf>,
-        /// Backport coverage: kernels × cases, each cell what the kernel did and whether the
-        /// case's property held; Markdown to FILE, JSON to FILE with `.json` appended.
-        #[arg(long)]
-        coverage: Option<PathBuf>,
-        #[arg(long)]
-        keep: bool,
-        #[arg(long, default_value_t = 600)]
-        timeout: u64,
-        /// Only these kernels (names in the matrix, comma-separated).
-        #[arg(long, value_delimiter = ',')]
-        only: Vec<String>,
-        /// Guest userspace image (see `image build`).
-        #[arg(long)]
-        image: Option<String>,
-        /// Copy every run's console logs and results (not the disks) under DIR.
-        #[arg(long)]
-        logs: Option<PathBuf>,
-        /// Print the matrix's kernel names as a JSON array and run nothing (the GitHub
-        /// workflow's job list comes from this).
-        #[arg(long)]
-        list_kernels: bool,
-        /// Print the build plan as JSON and run nothing: the `build:` kernels grouped by
-        /// configured tree (source + fragments), each tree's inputs and cache key, each
-        /// kernel's tree (the GitHub workflow's build and test jobs come from this).
-        #[arg(long)]
-        list_builds: bool,
-        /// Print each pair's accelerator; a pair that ran under another (KVM expected, the
-        /// runner fell back to TCG) makes the exit status 2.
-        #[arg(long, value_name = "kvm|tcg", value_parser = dmcache_vmtest::matrix::ci::parse_accel)]
-        expect_accel: Option<vm::Accel>,
-        /// Print one coverage table (Markdown) from coverage JSON files of several runs
-        /// (`--coverage F` writes F.json) and run nothing.
-        #[arg(long, value_name = "JSON", num_args = 1..)]
-        merge_coverage: Vec<PathBuf>,
-    },
+    Matrix(MatrixArgs),
     /// Pinned guest userspace images (images/*.yaml).
     Image {
         #[command(subcommand)]
@@ -201,6 +141,72 @@ enum Cmd {
         #[arg(long, env = "DMCACHE_VMTEST_KERNEL", default_value = kernel::DEFAULT_SPEC)]
         kernel: String,
     },
+}
+
+#[derive(clap::Args)]
+struct MatrixArgs {
+    file: PathBuf,
+    /// VMs at a time (default: one per core, at most one per 2 GiB free memory).
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// Run each pair N times; report flakiness and min/median/max durations.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+    #[arg(long)]
+    junit: Option<PathBuf>,
+    /// Markdown summary (e.g. $GITHUB_STEP_SUMMARY).
+    #[arg(long)]
+    summary: Option<PathBuf>,
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Backport coverage: kernels × cases, each cell what the kernel did and whether the
+    /// case's property held; Markdown to FILE, JSON to FILE with `.json` appended.
+    #[arg(long)]
+    coverage: Option<PathBuf>,
+    #[arg(long)]
+    keep: bool,
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+    /// Only these kernels (names in the matrix, comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Guest userspace image (see `image build`).
+    #[arg(long)]
+    image: Option<String>,
+    /// Copy every run's console logs and results (not the disks) under DIR.
+    #[arg(long)]
+    logs: Option<PathBuf>,
+    /// Print the matrix's kernel names as a JSON array and run nothing (the GitHub
+    /// workflow's job list comes from this).
+    #[arg(long)]
+    list_kernels: bool,
+    /// Print the build plan as JSON and run nothing: the `build:` kernels grouped by
+    /// configured tree (source + fragments), each tree's inputs and cache key, each
+    /// kernel's tree (the GitHub workflow's build and test jobs come from this).
+    #[arg(long)]
+    list_builds: bool,
+    /// Print each pair's accelerator; a pair that ran under another (KVM expected, the
+    /// runner fell back to TCG) makes the exit status 2.
+    #[arg(long, value_name = "kvm|tcg", value_parser = dmcache_vmtest::matrix::ci::parse_accel)]
+    expect_accel: Option<vm::Accel>,
+    /// Print one coverage table (Markdown) from coverage JSON files of several runs
+    /// (`--coverage F` writes F.json) and run nothing.
+    #[arg(long, value_name = "JSON", num_args = 1..)]
+    merge_coverage: Vec<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    #[arg(default_value = "unclean_passthrough")]
+    name: String,
+    /// Bare boots and case runs to time (min/median/max over them).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Also time bare boots of this kernel (e.g. the Debian kernel vs a minimal build).
+    #[arg(long)]
+    compare: Option<String>,
+    #[command(flatten)]
+    args: RunArgs,
 }
 
 #[derive(Subcommand)]
@@ -284,34 +290,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                     kconfig,
                     jobs,
                 },
-        } => {
-            let items: Vec<PathBuf> = patch.into_iter().chain(kconfig).collect();
-            let mut req = kernel::build_request(&src, &items)?;
-            if let Some(j) = jobs {
-                req.jobs = j;
-            }
-            let p = report::Progress::new("build");
-            let built = dmcache_vmtest::kbuild::build(&req, &mut |m| p.message(m));
-            p.finish();
-            let b = built?;
-            println!("{}", b.bzimage.display());
-            eprintln!(
-                "release {}  {}  {:.1} s  (key {})",
-                b.release,
-                if b.cache_hit { "cache hit" } else { "built" },
-                b.build_secs,
-                &b.key[..12.min(b.key.len())]
-            );
-            let spec = std::iter::once(format!("build:{src}"))
-                .chain(items.iter().map(|p| p.display().to_string()))
-                .collect::<Vec<_>>()
-                .join(",");
-            eprintln!(
-                "use it with --kernel {spec}  (or --kernel {})",
-                b.bzimage.display()
-            );
-            Ok(0)
-        }
+        } => cmd_kernel_build(&src, patch, kconfig, jobs),
         Cmd::Kernel {
             cmd:
                 KernelCmd::List {
@@ -350,165 +329,9 @@ fn dispatch(cli: Cli) -> Result<i32> {
         } => cmd_bisect(&name, &kernels, json.as_deref(), &vm),
         Cmd::Kernel {
             cmd: KernelCmd::Fetch { spec },
-        } => {
-            let t = std::time::Instant::now();
-            let k = resolve_kernel(&spec)?;
-            println!("{}", k.image.display());
-            eprintln!(
-                "release {}  dm-cache {:?}  modules {}  ({:.1} s)",
-                k.release.as_deref().unwrap_or("?"),
-                k.dm_cache,
-                k.modules
-                    .as_deref()
-                    .map(|m| m.display().to_string())
-                    .unwrap_or_else(|| "none".into()),
-                t.elapsed().as_secs_f64()
-            );
-            Ok(0)
-        }
-        Cmd::Bench {
-            name,
-            runs,
-            compare,
-            args,
-        } => {
-            let case = case::load(&case::find(&name)?)?;
-            let k = resolve_kernel(&args.kernel)?;
-            let opts = run_options(&k, &args.vm)?;
-            let p = report::Progress::new("bench");
-            p.message(&format!(
-                "{runs} bare boots, then {} {runs} times",
-                case.name
-            ));
-            let r = dmcache_vmtest::bench::bench(&case, &k, &opts, runs);
-            p.finish();
-            let r = r?;
-            print!("{}", dmcache_vmtest::bench::render(&r));
-            if let Some(path) = &args.json {
-                std::fs::write(path, serde_json::to_string_pretty(&r)?)
-                    .with_context(|| format!("cannot write {}", path.display()))?;
-            }
-            if let Some(other) = compare {
-                let k2 = resolve_kernel(&other)?;
-                let mut o2 = run_options(&k2, &args.vm)?;
-                o2.root = opts.root.clone();
-                let b2 = dmcache_vmtest::bench::bare_boots(&case, &k2, &o2, runs)?;
-                let med = |v: &[dmcache_vmtest::bench::Phases]| {
-                    dmcache_vmtest::bench::median_of(&v.iter().map(|p| p.total).collect::<Vec<_>>())
-                };
-                println!("bare boot, median of {runs}:");
-                println!(
-                    "  {:<40} {:6.1} s  ({:?})",
-                    k.spec,
-                    med(&r.bare),
-                    opts.accel
-                );
-                println!("  {:<40} {:6.1} s  ({:?})", k2.spec, med(&b2), o2.accel);
-            }
-            Ok(0)
-        }
-        Cmd::Matrix {
-            file,
-            jobs,
-            repeat,
-            junit,
-            summary,
-            json,
-            coverage,
-            keep,
-            timeout,
-            only,
-            logs,
-            image,
-            list_kernels,
-            list_builds,
-            expect_accel,
-            merge_coverage,
-        } => {
-            use dmcache_vmtest::matrix::ci;
-            if !merge_coverage.is_empty() {
-                print!(
-                    "{}",
-                    report::coverage_markdown(&ci::merge_coverage(&merge_coverage)?)
-                );
-                return Ok(0);
-            }
-            let mut m = dmcache_vmtest::matrix::load(&file)?;
-            if list_kernels {
-                println!("{}", serde_json::to_string(&m.kernel_names())?);
-                return Ok(0);
-            }
-            if list_builds {
-                let base = file.parent().unwrap_or(std::path::Path::new("."));
-                println!("{}", serde_json::to_string(&ci::plan(&m, base)?)?);
-                return Ok(0);
-            }
-            if !only.is_empty() {
-                m = m.only(&only)?;
-            }
-            let mut opts = run::RunOptions::new(vm::Accel::Tcg);
-            opts.keep = keep;
-            opts.timeout = Duration::from_secs(timeout);
-            opts.save_logs = logs;
-            opts.root = image
-                .as_deref()
-                .map(dmcache_vmtest::image::resolve)
-                .transpose()?;
-            let jobs = jobs.unwrap_or_else(dmcache_vmtest::matrix::default_jobs);
-            let ui = report::MultiUi::new();
-            // Every pair gets a row: a host error (kernel fetch, …) is that pair's ERROR.
-            let results =
-                dmcache_vmtest::matrix::run(&m, jobs, repeat, &opts, &|l, e| ui.event(l, e));
-            ui.finish();
-            print!("{}", report::matrix_table(&results));
-            let (accels, wrong_accel) = ci::accel_report(&results, expect_accel);
-            if expect_accel.is_some() {
-                accels.iter().for_each(|l| println!("{l}"));
-            }
-            let write = |p: &Option<PathBuf>, text: String| -> Result<()> {
-                if let Some(p) = p {
-                    std::fs::write(p, text)
-                        .with_context(|| format!("cannot write {}", p.display()))?;
-                }
-                Ok(())
-            };
-            write(&junit, report::matrix_junit(&results))?;
-            let mut md = report::matrix_markdown(&results);
-            if expect_accel.is_some() {
-                md += &format!("\n```\n{}\n```\n", accels.join("\n"));
-            }
-            write(&summary, md)?;
-            write(&json, report::to_json(&results))?;
-            if let Some(p) = &coverage {
-                let c = report::coverage(&results);
-                write(&Some(p.clone()), report::coverage_markdown(&c))?;
-                let mut j = p.clone().into_os_string();
-                j.push(".json");
-                write(&Some(PathBuf::from(j)), report::to_json(&c))?;
-            }
-            let n = results.len();
-            let errored = results.iter().filter(|r| r.errored()).count();
-            let bad = results.iter().filter(|r| !r.ok()).count();
-            if errored > 0 {
-                eprintln!(
-                    "{errored} of {n} pairs could not be judged (host or infrastructure error)"
-                );
-            }
-            if bad > errored {
-                eprintln!(
-                    "{} of {n} pairs differ from their expected outcome",
-                    bad - errored
-                );
-            }
-            if bad == 0 {
-                println!("all {n} pairs as expected");
-            }
-            for p in &wrong_accel {
-                eprintln!("error: {p}");
-            }
-            let code = dmcache_vmtest::matrix::exit_code(&results);
-            Ok(if wrong_accel.is_empty() { code } else { 2 })
-        }
+        } => cmd_kernel_fetch(&spec),
+        Cmd::Bench(b) => cmd_bench(&b),
+        Cmd::Matrix(m) => cmd_matrix(&m),
         Cmd::Image {
             cmd: ImageCmd::Build { name },
         } => {
@@ -519,6 +342,197 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Doctor { kernel } => Ok(dmcache_vmtest::doctor::run(&kernel)),
+    }
+}
+
+/// `kernel build`: the build's path on stdout, release/timing and the spec to use on stderr.
+fn cmd_kernel_build(
+    src: &str,
+    patch: Vec<PathBuf>,
+    kconfig: Vec<PathBuf>,
+    jobs: Option<usize>,
+) -> Result<i32> {
+    let items: Vec<PathBuf> = patch.into_iter().chain(kconfig).collect();
+    let mut req = kernel::build_request(src, &items)?;
+    if let Some(j) = jobs {
+        req.jobs = j;
+    }
+    let p = report::Progress::new("build");
+    let built = dmcache_vmtest::kbuild::build(&req, &mut |m| p.message(m));
+    p.finish();
+    let b = built?;
+    println!("{}", b.bzimage.display());
+    eprintln!(
+        "release {}  {}  {:.1} s  (key {})",
+        b.release,
+        if b.cache_hit { "cache hit" } else { "built" },
+        b.build_secs,
+        &b.key[..12.min(b.key.len())]
+    );
+    let spec = std::iter::once(format!("build:{src}"))
+        .chain(items.iter().map(|p| p.display().to_string()))
+        .collect::<Vec<_>>()
+        .join(",");
+    eprintln!(
+        "use it with --kernel {spec}  (or --kernel {})",
+        b.bzimage.display()
+    );
+    Ok(0)
+}
+
+/// `kernel fetch`: the image path on stdout, what it is on stderr.
+fn cmd_kernel_fetch(spec: &str) -> Result<i32> {
+    let t = std::time::Instant::now();
+    let k = resolve_kernel(spec)?;
+    println!("{}", k.image.display());
+    eprintln!(
+        "release {}  dm-cache {:?}  modules {}  ({:.1} s)",
+        k.release.as_deref().unwrap_or("?"),
+        k.dm_cache,
+        k.modules
+            .as_deref()
+            .map(|m| m.display().to_string())
+            .unwrap_or_else(|| "none".into()),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(0)
+}
+
+/// `bench`: bare boots and case runs, optionally beside another kernel's bare boots.
+fn cmd_bench(b: &BenchArgs) -> Result<i32> {
+    let (name, runs, compare, args) = (&b.name, b.runs, &b.compare, &b.args);
+    let case = case::load(&case::find(name)?)?;
+    let k = resolve_kernel(&args.kernel)?;
+    let opts = run_options(&k, &args.vm)?;
+    let p = report::Progress::new("bench");
+    p.message(&format!(
+        "{runs} bare boots, then {} {runs} times",
+        case.name
+    ));
+    let r = dmcache_vmtest::bench::bench(&case, &k, &opts, runs);
+    p.finish();
+    let r = r?;
+    print!("{}", dmcache_vmtest::bench::render(&r));
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&r)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(other) = compare {
+        let k2 = resolve_kernel(other)?;
+        let mut o2 = run_options(&k2, &args.vm)?;
+        o2.root = opts.root.clone();
+        let b2 = dmcache_vmtest::bench::bare_boots(&case, &k2, &o2, runs)?;
+        let med = |v: &[dmcache_vmtest::bench::Phases]| {
+            dmcache_vmtest::bench::median_of(&v.iter().map(|p| p.total).collect::<Vec<_>>())
+        };
+        println!("bare boot, median of {runs}:");
+        println!(
+            "  {:<40} {:6.1} s  ({:?})",
+            k.spec,
+            med(&r.bare),
+            opts.accel
+        );
+        println!("  {:<40} {:6.1} s  ({:?})", k2.spec, med(&b2), o2.accel);
+    }
+    Ok(0)
+}
+
+/// `matrix FILE`: the list modes, or every pair run, reported and judged.
+fn cmd_matrix(a: &MatrixArgs) -> Result<i32> {
+    use dmcache_vmtest::matrix::ci;
+    if !a.merge_coverage.is_empty() {
+        print!(
+            "{}",
+            report::coverage_markdown(&ci::merge_coverage(&a.merge_coverage)?)
+        );
+        return Ok(0);
+    }
+    let mut m = dmcache_vmtest::matrix::load(&a.file)?;
+    if a.list_kernels {
+        println!("{}", serde_json::to_string(&m.kernel_names())?);
+        return Ok(0);
+    }
+    if a.list_builds {
+        let base = a.file.parent().unwrap_or(std::path::Path::new("."));
+        println!("{}", serde_json::to_string(&ci::plan(&m, base)?)?);
+        return Ok(0);
+    }
+    if !a.only.is_empty() {
+        m = m.only(&a.only)?;
+    }
+    let mut opts = run::RunOptions::new(vm::Accel::Tcg);
+    opts.keep = a.keep;
+    opts.timeout = Duration::from_secs(a.timeout);
+    opts.save_logs = a.logs.clone();
+    opts.root = a
+        .image
+        .as_deref()
+        .map(dmcache_vmtest::image::resolve)
+        .transpose()?;
+    let jobs = a.jobs.unwrap_or_else(dmcache_vmtest::matrix::default_jobs);
+    let ui = report::MultiUi::new();
+    // Every pair gets a row: a host error (kernel fetch, …) is that pair's ERROR.
+    let results = dmcache_vmtest::matrix::run(&m, jobs, a.repeat, &opts, &|l, e| ui.event(l, e));
+    ui.finish();
+    print!("{}", report::matrix_table(&results));
+    let (accels, wrong_accel) = ci::accel_report(&results, a.expect_accel);
+    if a.expect_accel.is_some() {
+        accels.iter().for_each(|l| println!("{l}"));
+    }
+    write_matrix_reports(a, &results, &accels)?;
+    print_matrix_summary(&results);
+    for p in &wrong_accel {
+        eprintln!("error: {p}");
+    }
+    let code = dmcache_vmtest::matrix::exit_code(&results);
+    Ok(if wrong_accel.is_empty() { code } else { 2 })
+}
+
+/// The files `matrix` was asked for: `--junit`, `--summary`, `--json`, `--coverage` (+ .json).
+fn write_matrix_reports(
+    a: &MatrixArgs,
+    results: &[dmcache_vmtest::matrix::PairResult],
+    accels: &[String],
+) -> Result<()> {
+    let write = |p: &Option<PathBuf>, text: String| -> Result<()> {
+        if let Some(p) = p {
+            std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display()))?;
+        }
+        Ok(())
+    };
+    write(&a.junit, report::matrix_junit(results))?;
+    let mut md = report::matrix_markdown(results);
+    if a.expect_accel.is_some() {
+        md += &format!("\n```\n{}\n```\n", accels.join("\n"));
+    }
+    write(&a.summary, md)?;
+    write(&a.json, report::to_json(&results))?;
+    if let Some(p) = &a.coverage {
+        let c = report::coverage(results);
+        write(&Some(p.clone()), report::coverage_markdown(&c))?;
+        let mut j = p.clone().into_os_string();
+        j.push(".json");
+        write(&Some(PathBuf::from(j)), report::to_json(&c))?;
+    }
+    Ok(())
+}
+
+/// How many pairs could not be judged, differ, or all as expected.
+fn print_matrix_summary(results: &[dmcache_vmtest::matrix::PairResult]) {
+    let n = results.len();
+    let errored = results.iter().filter(|r| r.errored()).count();
+    let bad = results.iter().filter(|r| !r.ok()).count();
+    if errored > 0 {
+        eprintln!("{errored} of {n} pairs could not be judged (host or infrastructure error)");
+    }
+    if bad > errored {
+        eprintln!(
+            "{} of {n} pairs differ from their expected outcome",
+            bad - errored
+        );
+    }
+    if bad == 0 {
+        println!("all {n} pairs as expected");
     }
 }
 
