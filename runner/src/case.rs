@@ -1032,29 +1032,83 @@ fn is_ident(s: &str) -> bool {
         && !s.starts_with("dmt_")
 }
 
+fn verr<T>(path: Vec<Seg>, msg: String) -> Result<T, VErr> {
+    Err(VErr { path, msg })
+}
+
+/// `condition on K`: every name a `when:`/`unless:` tests must be in `defined`.
+fn check_conditions(
+    conds: [(&'static str, &Option<Cond>); 2],
+    defined: &[&str],
+    at: &dyn Fn(&'static str) -> Vec<Seg>,
+    earlier: &str,
+) -> Result<(), VErr> {
+    for (key, c) in conds {
+        for k in c.iter().flat_map(|c| c.0.keys()) {
+            if !defined.contains(&k.as_str()) {
+                let mut p = at(key);
+                p.push(Seg::Name(k.clone()));
+                return verr(
+                    p,
+                    format!("condition on `{k}`, which no {earlier}step captures or classifies"),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Case {
     /// Semantic checks serde cannot express, each pointing at the node it is about.
     fn validate(&self) -> Result<(), VErr> {
-        use Seg::{Index, Key, Name};
-        let err = |path: Vec<Seg>, msg: String| Err(VErr { path, msg });
+        self.validate_header()?;
+        self.validate_disks()?;
+        self.validate_files()?;
+        let defined = self.validate_boots()?;
+        self.validate_asserts(&defined)?;
+        self.validate_expect()
+    }
+
+    /// The name, the kernel arguments and `requires:`.
+    fn validate_header(&self) -> Result<(), VErr> {
+        use Seg::{Index, Key};
         if self.name.is_empty()
             || !self
                 .name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         {
-            return err(
+            return verr(
                 vec![Key("name")],
                 format!("`{}` must be letters, digits, `_` or `-`", self.name),
             );
         }
-        if self.disks.is_empty() {
-            return err(vec![Key("disks")], "at least one disk".into());
-        }
         for (i, a) in self.vm.kernel_args.iter().enumerate() {
             if let Err(msg) = crate::vm::check_kernel_arg(a) {
-                return err(vec![Key("vm"), Key("kernel_args"), Index(i)], msg);
+                return verr(vec![Key("vm"), Key("kernel_args"), Index(i)], msg);
             }
+        }
+        for (i, r) in self.requires.iter().enumerate() {
+            let ok = r.strip_prefix("CONFIG_").is_some_and(|n| {
+                !n.is_empty()
+                    && n.chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            });
+            if !ok {
+                return verr(
+                    vec![Key("requires"), Index(i)],
+                    format!("`{r}` is not a kernel config option (CONFIG_ and upper-case letters, digits or `_`)"),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// At least one disk, each named once with a short plain word.
+    fn validate_disks(&self) -> Result<(), VErr> {
+        use Seg::{Index, Key};
+        if self.disks.is_empty() {
+            return verr(vec![Key("disks")], "at least one disk".into());
         }
         let mut disk_names = Vec::new();
         for (i, d) in self.disks.iter().enumerate() {
@@ -1066,53 +1120,51 @@ impl Case {
                     .all(|c| c.is_ascii_alphanumeric() || c == '_')
                 || d.name.len() > 20
             {
-                return err(
+                return verr(
                     at,
                     format!("`{}`: use up to 20 letters, digits or `_`", d.name),
                 );
             }
             if disk_names.contains(&&d.name) {
-                return err(at, format!("disk `{}` is declared twice", d.name));
+                return verr(at, format!("disk `{}` is declared twice", d.name));
             }
             disk_names.push(&d.name);
         }
+        Ok(())
+    }
+
+    /// Fixture names, and their paths relative to the case file without `..`.
+    fn validate_files(&self) -> Result<(), VErr> {
+        use Seg::{Key, Name};
         for (n, f) in &self.files {
             let ok = n.len() <= 64
                 && n.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
                 && n.chars()
                     .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
             if !ok {
-                return err(
+                return verr(
                     vec![Key("files"), Name(n.clone())],
                     format!("file name `{n}`: use up to 64 letters, digits, `.`, `_` or `-`, starting with a letter or digit"),
                 );
             }
             if let FileSource::Path { path } = f {
                 if Path::new(path).is_absolute() || path.split('/').any(|c| c == "..") {
-                    return err(
+                    return verr(
                         vec![Key("files"), Name(n.clone()), Key("path")],
                         format!("`{path}` must be relative to the case file, without `..`"),
                     );
                 }
             }
         }
-        for (i, r) in self.requires.iter().enumerate() {
-            let ok = r.strip_prefix("CONFIG_").is_some_and(|n| {
-                !n.is_empty()
-                    && n.chars()
-                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
-            });
-            if !ok {
-                return err(
-                    vec![Key("requires"), Index(i)],
-                    format!("`{r}` is not a kernel config option (CONFIG_ and upper-case letters, digits or `_`)"),
-                );
-            }
-        }
+        Ok(())
+    }
+
+    /// Boot names and steps; returns the names the steps define, in execution order.
+    fn validate_boots(&self) -> Result<Vec<&str>, VErr> {
+        use Seg::{Index, Key};
         if self.boots.is_empty() {
-            return err(vec![Key("boots")], "at least one boot".into());
+            return verr(vec![Key("boots")], "at least one boot".into());
         }
-        // Names defined so far (captures and classifications), in execution order.
         let mut defined: Vec<&str> = Vec::new();
         for (b, boot) in self.boots.iter().enumerate() {
             // A boot's name lands in the generated script, file names and reports.
@@ -1123,7 +1175,7 @@ impl Case {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c));
             if !ok {
-                return err(
+                return verr(
                     vec![Key("boots"), Index(b), Key("name")],
                     format!(
                         "boot name `{}`: use up to 40 letters, digits, `_` or `-`",
@@ -1132,51 +1184,68 @@ impl Case {
                 );
             }
             if boot.steps.is_empty() {
-                return err(
+                return verr(
                     vec![Key("boots"), Index(b), Key("steps")],
                     format!("boot `{}` has no steps", boot.name),
                 );
             }
-            for (i, s) in boot.steps.iter().enumerate() {
-                let at = |k: Option<Seg>| {
-                    let mut p = vec![Key("boots"), Index(b), Key("steps"), Index(i)];
-                    p.extend(k);
-                    p
-                };
-                if s.is_crash() {
-                    if i + 1 != boot.steps.len() {
-                        return err(
-                            at(Some(Key("crash"))),
-                            "`crash` must be the last step of its boot".into(),
-                        );
-                    }
-                    if b + 1 == self.boots.len() {
-                        return err(at(Some(Key("crash"))), "the last boot cannot end in a crash: nothing would look at what it left".into());
-                    }
-                }
-                for (key, c) in [("when", &s.when), ("unless", &s.unless)] {
-                    for k in c.iter().flat_map(|c| c.0.keys()) {
-                        if !defined.contains(&k.as_str()) {
-                            return err(
-                                at(Some(Key(key))).into_iter().chain([Name(k.clone())]).collect(),
-                                format!("condition on `{k}`, which no earlier step captures or classifies"),
-                            );
-                        }
-                    }
-                }
-                if let Some(n) = s.defines() {
-                    let key = if matches!(s.kind, StepKind::Capture { .. }) {
-                        "capture"
-                    } else {
-                        "classify"
-                    };
-                    if defined.contains(&n) {
-                        return err(at(Some(Key(key))), format!("`{n}` is defined twice"));
-                    }
-                    defined.push(n);
-                }
+            for i in 0..boot.steps.len() {
+                self.validate_step(b, i, &mut defined)?;
             }
         }
+        Ok(defined)
+    }
+
+    /// Step `i` of boot `b`: a crash only last and never in the last boot, conditions only
+    /// on names defined earlier, each name defined once (added to `defined`).
+    fn validate_step<'a>(
+        &'a self,
+        b: usize,
+        i: usize,
+        defined: &mut Vec<&'a str>,
+    ) -> Result<(), VErr> {
+        use Seg::{Index, Key};
+        let boot = &self.boots[b];
+        let s = &boot.steps[i];
+        let at = |k: &'static str| vec![Key("boots"), Index(b), Key("steps"), Index(i), Key(k)];
+        if s.is_crash() {
+            if i + 1 != boot.steps.len() {
+                return verr(
+                    at("crash"),
+                    "`crash` must be the last step of its boot".into(),
+                );
+            }
+            if b + 1 == self.boots.len() {
+                return verr(
+                    at("crash"),
+                    "the last boot cannot end in a crash: nothing would look at what it left"
+                        .into(),
+                );
+            }
+        }
+        check_conditions(
+            [("when", &s.when), ("unless", &s.unless)],
+            defined,
+            &at,
+            "earlier ",
+        )?;
+        if let Some(n) = s.defines() {
+            let key = if matches!(s.kind, StepKind::Capture { .. }) {
+                "capture"
+            } else {
+                "classify"
+            };
+            if defined.contains(&n) {
+                return verr(at(key), format!("`{n}` is defined twice"));
+            }
+            defined.push(n);
+        }
+        Ok(())
+    }
+
+    /// Each assertion: exactly one kind, on names some step defines, a boot that exists.
+    fn validate_asserts(&self, defined: &[&str]) -> Result<(), VErr> {
+        use Seg::{Index, Key};
         for (i, a) in self.assert.iter().enumerate() {
             let at = |k: &'static str| vec![Key("assert"), Index(i), Key(k)];
             let kinds = [
@@ -1189,7 +1258,7 @@ impl Case {
             .filter(|x| **x)
             .count();
             if kinds != 1 {
-                return err(
+                return verr(
                     vec![Key("assert"), Index(i)],
                     "use exactly one of `equal`, `differ`, `dmesg_contains`, `dmesg_absent`".into(),
                 );
@@ -1199,34 +1268,29 @@ impl Case {
                     if !defined.contains(&n.as_str()) {
                         let mut p = at(key);
                         p.push(Index(j));
-                        return err(p, format!("`{n}` is not captured by any step"));
+                        return verr(p, format!("`{n}` is not captured by any step"));
                     }
                 }
             }
             if let Some(bn) = &a.boot {
                 if !self.boots.iter().any(|b| &b.name == bn) {
-                    return err(at("boot"), format!("no boot named `{bn}`"));
+                    return verr(at("boot"), format!("no boot named `{bn}`"));
                 }
             }
-            for (key, c) in [("when", &a.when), ("unless", &a.unless)] {
-                for k in c.iter().flat_map(|c| c.0.keys()) {
-                    if !defined.contains(&k.as_str()) {
-                        let mut p = at(key);
-                        p.push(Name(k.clone()));
-                        return err(
-                            p,
-                            format!("condition on `{k}`, which no step captures or classifies"),
-                        );
-                    }
-                }
-            }
+            check_conditions([("when", &a.when), ("unless", &a.unless)], defined, &at, "")?;
         }
+        Ok(())
+    }
+
+    /// `expect:` rules: classifications of this case, labels it can give, valid version ranges.
+    fn validate_expect(&self) -> Result<(), VErr> {
+        use Seg::{Index, Key, Name};
         let classes = self.classifications();
         for (i, r) in self.expect.iter().enumerate() {
             for (k, allowed) in &r.classify {
                 let at = vec![Key("expect"), Index(i), Key("classify"), Name(k.clone())];
                 if !classes.contains(&k.as_str()) {
-                    return err(
+                    return verr(
                         at,
                         format!(
                             "`{k}` is not a classification of this case (have: {})",
@@ -1238,7 +1302,7 @@ impl Case {
                 labels.push(UNCLASSIFIED);
                 for v in allowed.values() {
                     if !labels.contains(&v) {
-                        return err(
+                        return verr(
                             at,
                             format!(
                                 "`{v}` is not an outcome label of `{k}` (have: {})",
@@ -1250,7 +1314,7 @@ impl Case {
             }
             if let Some(req) = r.kernel.as_ref().and_then(|k| k.cache_target.as_ref()) {
                 if let Err(e) = version_req_matches(req, "0.0.0") {
-                    return err(
+                    return verr(
                         vec![Key("expect"), Index(i), Key("kernel"), Key("cache_target")],
                         e,
                     );
