@@ -109,12 +109,9 @@ CONFIG_LOCALVERSION=\"\"
 # CONFIG_LOCALVERSION_AUTO is not set
 ";
 
-/// Build (or find in the cache) the kernel `req` describes.
-pub fn build(req: &BuildRequest, progress: &mut dyn FnMut(&str)) -> Result<BuiltKernel> {
-    let t0 = Instant::now();
-    let jobs = req.jobs.max(1);
-
-    // Inputs: fragments and patches, read once (their contents are what the keys hash).
+/// The fragments (the internal one, then the request's or the default ones) and the
+/// patches, read once: their contents are what the keys hash.
+fn read_inputs(req: &BuildRequest) -> Result<(Vec<PathBuf>, Vec<Fragment>, Vec<PatchInput>)> {
     let kconfigs = if req.kconfigs.is_empty() {
         default_kconfigs()
     } else {
@@ -134,6 +131,91 @@ pub fn build(req: &BuildRequest, progress: &mut dyn FnMut(&str)) -> Result<Built
         .iter()
         .map(|p| PatchInput::read(p))
         .collect::<Result<Vec<_>>>()?;
+    Ok((kconfigs, frags, patches))
+}
+
+/// On the patched tree: the base config back (a patch that touched Kconfig may have changed
+/// it; then `make olddefconfig` and the fragments checked again), `make bzImage` with the
+/// variant's tag.  The release and make's seconds.
+#[allow(clippy::too_many_arguments)]
+fn make_variant(
+    tree: &Path,
+    base: &str,
+    frags: &[Fragment],
+    patches: &[PatchInput],
+    tag: &str,
+    jobs: usize,
+    log: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(String, f64)> {
+    let cur = fs::read_to_string(tree.join(".config")).unwrap_or_default();
+    if cur != base {
+        fs::write(tree.join(".config"), base)?;
+    }
+    if patches.iter().any(PatchInput::touches_kconfig) {
+        progress("a patch touches Kconfig: make olddefconfig");
+        run_logged(tree, &["make", "olddefconfig"], log, false, progress)?;
+        let now = fs::read_to_string(tree.join(".config"))?;
+        for n in check_fragments(frags, &now)? {
+            progress(&n);
+        }
+    }
+    progress(&format!("make -j{jobs} bzImage (LOCALVERSION={tag})"));
+    let tm = Instant::now();
+    let j = format!("-j{jobs}");
+    let lv = format!("LOCALVERSION={tag}");
+    run_logged(tree, &["make", &j, &lv, "bzImage"], log, true, progress)?;
+    let make_secs = tm.elapsed().as_secs_f64();
+    let release = command_stdout(tree, &["make", "-s", &lv, "kernelrelease"])?;
+    if !release.ends_with(tag) {
+        bail!("kernel release `{release}` does not end with the variant tag `{tag}`");
+    }
+    progress(&format!("built {release} in {make_secs:.0} s"));
+    Ok((release, make_secs))
+}
+
+/// The build's output (bzImage, config, log, release, info.json) into `outdir`, atomically
+/// and durably: assembled beside it, synced, renamed; nothing is left on an error.  Durable
+/// before it is visible: a power loss must not leave an empty bzImage under a valid key.
+fn publish(
+    tree: &Path,
+    log: &Path,
+    release: &str,
+    info: &serde_json::Value,
+    outdir: &Path,
+) -> Result<()> {
+    let outroot = outdir.parent().context("the output dir has a parent")?;
+    fs::create_dir_all(outroot)?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".partial-")
+        .tempdir_in(outroot)
+        .with_context(|| format!("creating a temporary directory in {}", outroot.display()))?;
+    let t = tmp.path();
+    fs::copy(tree.join("arch/x86/boot/bzImage"), t.join("bzImage")).context("copying bzImage")?;
+    fs::copy(tree.join(".config"), t.join("config")).context("copying .config")?;
+    let _ = fs::copy(log, t.join("build.log"));
+    fs::write(t.join("release"), format!("{release}\n"))?;
+    fs::write(
+        t.join("info.json"),
+        serde_json::to_string_pretty(info)? + "\n",
+    )?;
+    crate::cache::sync_path(t).context("syncing the built kernel to disk")?;
+    // The rename is the commit (the directory is synced after it).  If it fails, someone
+    // else finished the same variant first; theirs is as good as ours (the guard removes
+    // this copy).
+    if fs::rename(t, outdir).is_ok() {
+        let _ = tmp.keep();
+    }
+    let _ = crate::cache::sync_parent(outdir);
+    Ok(())
+}
+
+/// Build (or find in the cache) the kernel `req` describes.
+pub fn build(req: &BuildRequest, progress: &mut dyn FnMut(&str)) -> Result<BuiltKernel> {
+    let t0 = Instant::now();
+    let jobs = req.jobs.max(1);
+
+    let (kconfigs, frags, patches) = read_inputs(req)?;
 
     // Identity and keys.
     progress(&format!("resolving source {}", req.src));
@@ -185,46 +267,10 @@ pub fn build(req: &BuildRequest, progress: &mut dyn FnMut(&str)) -> Result<Built
     let tag = format!("-dmt{}", &key[..8]);
     take_cores(progress)?;
 
-    // Patches.
     apply_patch_set(&bdir, &tree, &patches, progress)?;
-
-    // Config: back to the base config (a patch that touched Kconfig may have changed it).
-    let cur = fs::read_to_string(tree.join(".config")).unwrap_or_default();
-    if cur != base {
-        fs::write(tree.join(".config"), &base)?;
-    }
     let log = bdir.join("build.log");
-    if patches.iter().any(PatchInput::touches_kconfig) {
-        progress("a patch touches Kconfig: make olddefconfig");
-        run_logged(&tree, &["make", "olddefconfig"], &log, false, progress)?;
-        let now = fs::read_to_string(tree.join(".config"))?;
-        for n in check_fragments(&frags, &now)? {
-            progress(&n);
-        }
-    }
-
-    // make.
-    progress(&format!("make -j{jobs} bzImage (LOCALVERSION={tag})"));
-    let tm = Instant::now();
-    let j = format!("-j{jobs}");
-    let lv = format!("LOCALVERSION={tag}");
-    run_logged(&tree, &["make", &j, &lv, "bzImage"], &log, true, progress)?;
-    let make_secs = tm.elapsed().as_secs_f64();
-    let release = command_stdout(&tree, &["make", "-s", &lv, "kernelrelease"])?;
-    if !release.ends_with(&tag) {
-        bail!("kernel release `{release}` does not end with the variant tag `{tag}`");
-    }
-    progress(&format!("built {release} in {make_secs:.0} s"));
-
-    // Output, atomically.
-    fs::create_dir_all(&outroot)?;
-    let tmp = outroot.join(format!("{key}.tmp{}", std::process::id()));
-    let _ = fs::remove_dir_all(&tmp);
-    fs::create_dir_all(&tmp)?;
-    fs::copy(tree.join("arch/x86/boot/bzImage"), tmp.join("bzImage")).context("copying bzImage")?;
-    fs::copy(tree.join(".config"), tmp.join("config")).context("copying .config")?;
-    let _ = fs::copy(&log, tmp.join("build.log"));
-    fs::write(tmp.join("release"), format!("{release}\n"))?;
+    let (release, make_secs) =
+        make_variant(&tree, &base, &frags, &patches, &tag, jobs, &log, progress)?;
     let info = serde_json::json!({
         "source": ident.identity,
         "patches": patches.iter().map(|p| p.path.display().to_string()).collect::<Vec<_>>(),
@@ -233,19 +279,7 @@ pub fn build(req: &BuildRequest, progress: &mut dyn FnMut(&str)) -> Result<Built
         "make_secs": make_secs,
         "build_tree": tree.display().to_string(),
     });
-    fs::write(
-        tmp.join("info.json"),
-        serde_json::to_string_pretty(&info)? + "\n",
-    )?;
-    // Durable before it is visible: a power loss must not leave an empty bzImage under a
-    // valid key (the rename is the commit; its directory is synced after it).
-    crate::cache::sync_path(&tmp).context("syncing the built kernel to disk")?;
-    let renamed = fs::rename(&tmp, &outdir);
-    let _ = crate::cache::sync_parent(&outdir);
-    if renamed.is_err() {
-        // Someone else finished the same variant first; theirs is as good as ours.
-        let _ = fs::remove_dir_all(&tmp);
-    }
+    publish(&tree, &log, &release, &info, &outdir)?;
     Ok(BuiltKernel {
         bzimage: outdir.join("bzImage"),
         config: outdir.join("config"),

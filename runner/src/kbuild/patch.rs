@@ -134,10 +134,9 @@ pub(super) fn read_state(bdir: &Path) -> Result<TreeState> {
 }
 
 pub(super) fn write_state(bdir: &Path, st: &TreeState) -> Result<()> {
-    let tmp = bdir.join("state.json.tmp");
-    fs::write(&tmp, serde_json::to_string_pretty(st)?)?;
-    fs::rename(&tmp, bdir.join("state.json"))?;
-    Ok(())
+    let f = bdir.join("state.json");
+    crate::cache::write_durable(&f, serde_json::to_string_pretty(st)?.as_bytes())
+        .with_context(|| format!("writing {}", f.display()))
 }
 
 /// Put every file in `st.touched` back to pristine (new mtime → make rebuilds it).
