@@ -1032,6 +1032,41 @@ fn is_ident(s: &str) -> bool {
         && !s.starts_with("dmt_")
 }
 
+/// A `--kernel-arg` value: one `name` or `name=value` parameter, nothing the command line
+/// would split or quote.
+pub fn check_kernel_arg(a: &str) -> Result<(), String> {
+    if a.is_empty()
+        || a.starts_with('=')
+        || a.chars().any(|c| c.is_whitespace() || "\"'\\".contains(c))
+    {
+        return Err(format!(
+            "kernel parameter `{a}`: one parameter, `name` or `name=value`, without spaces or quotes"
+        ));
+    }
+    let name = a.split('=').next().unwrap_or(a);
+    if SILENCING.iter().any(|s| match s.strip_suffix('.') {
+        Some(prefix) => name.starts_with(&format!("{prefix}.")),
+        None => name == *s,
+    }) {
+        return Err(format!(
+            "kernel parameter `{a}`: it changes what the kernel prints to the console the runner reads its splats from; not allowed"
+        ));
+    }
+    Ok(())
+}
+
+/// Parameters that silence or move the console: a splat the runner never sees would be a
+/// PASS never earned.  (`printk.` is a prefix: every printk module parameter.)
+const SILENCING: &[&str] = &[
+    "quiet",
+    "loglevel",
+    "console",
+    "earlycon",
+    "earlyprintk",
+    "printk.",
+    "console_msg_format",
+];
+
 fn verr<T>(path: Vec<Seg>, msg: String) -> Result<T, VErr> {
     Err(VErr { path, msg })
 }
@@ -1084,7 +1119,7 @@ impl Case {
             );
         }
         for (i, a) in self.vm.kernel_args.iter().enumerate() {
-            if let Err(msg) = crate::vm::check_kernel_arg(a) {
+            if let Err(msg) = check_kernel_arg(a) {
                 return verr(vec![Key("vm"), Key("kernel_args"), Index(i)], msg);
             }
         }

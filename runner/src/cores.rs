@@ -12,7 +12,6 @@
 use anyhow::{Context, Result};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// How often a waiter tries again.
@@ -57,7 +56,7 @@ fn slot_name(i: usize) -> String {
 }
 
 fn interrupted() -> Result<()> {
-    if crate::vm::INTERRUPTED.load(Ordering::SeqCst) {
+    if crate::interrupt::requested() {
         anyhow::bail!("interrupted while waiting for the host's cores");
     }
     Ok(())

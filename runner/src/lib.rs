@@ -15,6 +15,7 @@ pub mod debian;
 pub mod doctor;
 pub mod guest;
 pub mod image;
+pub mod interrupt;
 pub mod kbuild;
 pub mod kernel;
 pub mod matrix;

@@ -59,7 +59,7 @@ struct VmArgs {
 }
 
 fn parse_kernel_arg(a: &str) -> Result<String, String> {
-    vm::check_kernel_arg(a).map(|()| a.to_string())
+    case::check_kernel_arg(a).map(|()| a.to_string())
 }
 
 #[derive(Subcommand)]

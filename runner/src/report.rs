@@ -2,6 +2,7 @@
 //! JSON for machines.
 
 use crate::check::{Status, Verdict};
+use crate::matrix::{Coverage, CoverageCell, CoverageRow};
 use crate::run::{BootEnd, Event};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
@@ -292,34 +293,6 @@ pub fn matrix_markdown(results: &[crate::matrix::PairResult]) -> String {
         }
     }
     s
-}
-
-/// The backport-coverage view of a matrix run: kernels as rows, cases as columns, each cell
-/// what the kernel did (its classification labels) and whether the case's property held.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Coverage {
-    pub cases: Vec<String>,
-    pub kernels: Vec<CoverageRow>,
-}
-
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct CoverageRow {
-    pub kernel: String,
-    pub spec: String,
-    pub release: Option<String>,
-    pub cache_target: Option<String>,
-    /// By case; a case the matrix does not pair with this kernel has no cell.
-    pub cells: BTreeMap<String, CoverageCell>,
-}
-
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct CoverageCell {
-    /// `pass` (the property holds: the fix is there in behaviour), `fail`, or `error`.
-    pub verdict: String,
-    /// The classification labels and, for a failure, what failed (first run).
-    pub result: String,
-    /// Whether this is what `matrix.yaml` expects of the pair (every run).
-    pub as_expected: bool,
 }
 
 /// Builds the coverage view; rows and columns in name order.

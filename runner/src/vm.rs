@@ -11,16 +11,10 @@ use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-/// Set by the Ctrl-C handler; every wait loop checks it.
-pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-/// Installs a Ctrl-C/SIGTERM handler that makes running boots stop and clean up.
-pub fn install_interrupt_handler() {
-    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
-}
+pub use crate::interrupt::{install_interrupt_handler, INTERRUPTED};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -137,41 +131,6 @@ fn machine_args(memory: &str, cpus: u32, extra: &[String]) -> Vec<String> {
         append,
     ]
 }
-
-/// A `--kernel-arg` value: one `name` or `name=value` parameter, nothing the command line
-/// would split or quote.
-pub fn check_kernel_arg(a: &str) -> Result<(), String> {
-    if a.is_empty()
-        || a.starts_with('=')
-        || a.chars().any(|c| c.is_whitespace() || "\"'\\".contains(c))
-    {
-        return Err(format!(
-            "kernel parameter `{a}`: one parameter, `name` or `name=value`, without spaces or quotes"
-        ));
-    }
-    let name = a.split('=').next().unwrap_or(a);
-    if SILENCING.iter().any(|s| match s.strip_suffix('.') {
-        Some(prefix) => name.starts_with(&format!("{prefix}.")),
-        None => name == *s,
-    }) {
-        return Err(format!(
-            "kernel parameter `{a}`: it changes what the kernel prints to the console the runner reads its splats from; not allowed"
-        ));
-    }
-    Ok(())
-}
-
-/// Parameters that silence or move the console: a splat the runner never sees would be a
-/// PASS never earned.  (`printk.` is a prefix: every printk module parameter.)
-const SILENCING: &[&str] = &[
-    "quiet",
-    "loglevel",
-    "console",
-    "earlycon",
-    "earlyprintk",
-    "printk.",
-    "console_msg_format",
-];
 
 /// Checks every path and value of `cfg` that reaches vng's `sh -c` (vng 1.42 joins
 /// `--run`, `--rwdir`, `--rodir`, `--root`, `--memory` and `--qemu-opts` into one shell
@@ -816,8 +775,8 @@ mod tests {
             a[i + 1]
         );
         assert!(vng_args(&cfg())[i + 1].ends_with("cryptomgr.notests"));
-        assert!(check_kernel_arg("preempt=full").is_ok());
-        assert!(check_kernel_arg("nokaslr").is_ok());
+        assert!(crate::case::check_kernel_arg("preempt=full").is_ok());
+        assert!(crate::case::check_kernel_arg("nokaslr").is_ok());
         for silencing in [
             "quiet",
             "loglevel=1",
@@ -826,15 +785,15 @@ mod tests {
             "printk.devkmsg=off",
             "earlycon=uart8250,io,0x3f8",
         ] {
-            let e = check_kernel_arg(silencing).unwrap_err();
+            let e = crate::case::check_kernel_arg(silencing).unwrap_err();
             assert!(e.contains("not allowed"), "{silencing}: {e}");
         }
         // More output is fine; a name that only starts like one is not refused.
-        assert!(check_kernel_arg("ignore_loglevel").is_ok());
-        assert!(check_kernel_arg("consoleblank=0").is_ok());
-        assert!(check_kernel_arg("quietly").is_ok());
+        assert!(crate::case::check_kernel_arg("ignore_loglevel").is_ok());
+        assert!(crate::case::check_kernel_arg("consoleblank=0").is_ok());
+        assert!(crate::case::check_kernel_arg("quietly").is_ok());
         for bad in ["", "=x", "a b", "x=\"y\"", "x='y'", "a\tb"] {
-            assert!(check_kernel_arg(bad).is_err(), "{bad:?}");
+            assert!(crate::case::check_kernel_arg(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -18,9 +18,9 @@
 //! fixed-length hash, so it never matches another tree's key (`base-7.3-` would match
 //! `base-7.3-delay-…`).
 
+use super::{Coverage, CoverageRow};
 use super::{Matrix, PairResult};
 use crate::kbuild::sha_hex;
-use crate::report::Coverage;
 use crate::vm::Accel;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -315,7 +315,7 @@ pub fn accel_report(results: &[PairResult], want: Option<Accel>) -> (Vec<String>
 /// gets the cells of both).
 pub fn merge_coverage(files: &[PathBuf]) -> Result<Coverage> {
     let mut cases: Vec<String> = Vec::new();
-    let mut rows: BTreeMap<String, crate::report::CoverageRow> = BTreeMap::new();
+    let mut rows: BTreeMap<String, CoverageRow> = BTreeMap::new();
     for f in files {
         let text =
             std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
