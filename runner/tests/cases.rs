@@ -667,6 +667,13 @@ fn main() {
         }
     };
     let kernels: Kernels = Arc::default();
+    let mut trials = host_trials(&m);
+    trials.extend(vm_trials(&m, &kernels));
+    libtest_mimic::run(&args, trials).exit();
+}
+
+/// Trials on the host: the workflow's wiring, doctor, setup, interrupts, coverage.
+fn host_trials(m: &Matrix) -> Vec<Trial> {
     let mut trials = Vec::new();
     let mc = m.clone();
     trials.push(Trial::test("workflow_lint", workflow_lint));
@@ -709,6 +716,13 @@ fn main() {
     trials.push(Trial::test("matrix_covers_every_case", move || {
         coverage(&mc)
     }));
+    trials
+}
+
+/// Trials in real VMs: the guest protocol, the fixtures that must fail, the review trials,
+/// then every pair of the matrix (those on kernels built from source first).
+fn vm_trials(m: &Matrix, kernels: &Kernels) -> Vec<Trial> {
+    let mut trials = Vec::new();
     let protocol_kernel = m
         .kernels
         .values()
@@ -780,5 +794,5 @@ fn main() {
             .with_ignored_flag(full),
         );
     }
-    libtest_mimic::run(&args, trials).exit();
+    trials
 }

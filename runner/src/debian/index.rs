@@ -522,153 +522,88 @@ fn nearest(all: &[KernelEntry], spec: &str, n: usize) -> Vec<String> {
 pub(crate) mod tests {
     use super::*;
 
+    /// (package, version, installed size, depends) per suite; `split:ABI` expands to the
+    /// split packaging form of 6.19+ (image + binary, and modules + base unless `nomod`).
+    type Stanzas = &'static [(&'static str, &'static str, u64, &'static str)];
+    #[rustfmt::skip]
+    const FIXTURE: &[(&[&str], Stanzas)] = &[
+        (&["bookworm"], &[
+            ("linux-image-6.1.0-50-amd64-unsigned", "6.1.164-1", 400000, "kmod"),
+            ("linux-image-6.1.0-50-amd64", "6.1.164-1", 400000, "kmod"),
+            ("linux-source-6.1", "6.1.164-1", 150000, "binutils"),
+            ("fio", "3.33-3", 100, "libc6"),
+        ]),
+        (&["bookworm-security"], &[
+            ("linux-image-6.1.0-56-amd64-unsigned", "6.1.192-2", 400000, "kmod"),
+            ("linux-image-6.1.0-57-amd64", "6.1.194-1", 400000, "kmod"),
+            ("linux-image-6.12.117+deb12-amd64-unsigned", "6.12.117-1~deb12u1", 100000, "kmod"),
+            ("linux-image-6.12.117+deb12-amd64", "6.12.117-1~deb12u1", 100000, "kmod"),
+            ("linux-image-6.12-amd64", "6.12.117-1~deb12u1", 13, "linux-image-6.12.117+deb12-amd64 (= 6.12.117-1~deb12u1)"),
+            ("linux-image-6.12.117+deb12-cloud-amd64-unsigned", "6.12.117-1~deb12u1", 90000, "kmod"),
+            ("linux-source-6.12", "6.12.117-1~deb12u1", 150000, "binutils"),
+            ("linux-source-6.12", "6.12.115-2~deb12u1", 150000, "binutils"),
+        ]),
+        (&["trixie", "trixie-security"], &[
+            ("linux-image-6.12.117+deb13-amd64-unsigned", "6.12.117-1", 100000, "kmod"),
+            ("linux-image-6.12.117+deb13-amd64", "6.12.117-1", 100000, "kmod"),
+            ("linux-source-6.12", "6.12.117-1", 150000, "binutils"),
+        ]),
+        (&["trixie-backports"], &[
+            ("linux-image-6.16.12+deb13-amd64", "6.16.12-1~bpo13+1", 160000, "kmod, linux-base-6.16.12+deb13-amd64"),
+            ("linux-image-6.17.13+deb13-amd64", "6.17.13-1~bpo13+1", 160000, "kmod"),
+            ("linux-image-6.18.5+deb13-amd64", "6.18.5-1~bpo13+1", 160000, "kmod"),
+            ("linux-image-6.18.12+deb13-amd64", "6.18.12-1~bpo13+1", 160000, "kmod"),
+            ("linux-image-6.18.15+deb13-amd64", "6.18.15-1~bpo13+1", 166232, "kmod"),
+            ("split:6.19.14+deb13:nomod", "6.19.14-1~bpo13+1", 0, ""),
+            ("split:7.0.13+deb13:nomod", "7.0.13-1~bpo13+1", 0, ""),
+            ("split:7.2.12+deb13", "7.2.12-1~bpo13+1", 0, ""),
+            ("split:7.3.4+deb13", "7.3.4-1~bpo13+1", 0, ""),
+            ("linux-source-7.3", "7.3.4-1~bpo13+1", 160000, "binutils"),
+        ]),
+        (&["sid"], &[("split:7.2.13+deb14", "7.2.13-1", 0, "")]),
+        (&["experimental"], &[("split:7.3", "7.3~rc7-1~exp1", 0, "")]),
+    ];
+
+    fn stanza(p: &str, v: &str, size: u64, dep: &str) -> String {
+        format!(
+            "Package: {p}\nSource: linux\nVersion: {v}\nInstalled-Size: {size}\nDepends: {dep}\nDescription: x\n more\n\n"
+        )
+    }
+
+    /// The split form: a meta image package depending on base, binary and modules.
+    fn split(abi: &str, v: &str, modules: bool) -> String {
+        let mut s = stanza(
+            &format!("linux-image-{abi}-amd64"),
+            v,
+            16,
+            &format!("dracut | initramfs-tools, linux-base-{abi}-amd64 (= {v}), linux-binary-{abi}-amd64 (= {v}), linux-modules-{abi}-amd64 (= {v})"),
+        );
+        s += &stanza(&format!("linux-binary-{abi}-amd64"), v, 14000, "x");
+        if modules {
+            s += &stanza(&format!("linux-modules-{abi}-amd64"), v, 156000, "kmod");
+            s += &stanza(&format!("linux-base-{abi}-amd64"), v, 1500, "");
+        }
+        s
+    }
+
     /// A `Packages` excerpt per suite with every packaging form and the awkward cases.
     pub(crate) fn fixture() -> Index {
-        let stanza = |p: &str, v: &str, size: u64, dep: &str| {
-            format!(
-                "Package: {p}\nSource: linux\nVersion: {v}\nInstalled-Size: {size}\nDepends: {dep}\nDescription: x\n more\n\n"
-            )
-        };
         let mut recs = Vec::new();
-        let bookworm = [
-            stanza(
-                "linux-image-6.1.0-50-amd64-unsigned",
-                "6.1.164-1",
-                400000,
-                "kmod",
-            ),
-            stanza("linux-image-6.1.0-50-amd64", "6.1.164-1", 400000, "kmod"),
-            stanza("linux-source-6.1", "6.1.164-1", 150000, "binutils"),
-            stanza("fio", "3.33-3", 100, "libc6"),
-        ]
-        .concat();
-        recs.extend(parse_packages(&bookworm, "bookworm"));
-        let security = [
-            stanza(
-                "linux-image-6.1.0-56-amd64-unsigned",
-                "6.1.192-2",
-                400000,
-                "kmod",
-            ),
-            stanza("linux-image-6.1.0-57-amd64", "6.1.194-1", 400000, "kmod"),
-            stanza(
-                "linux-image-6.12.117+deb12-amd64-unsigned",
-                "6.12.117-1~deb12u1",
-                100000,
-                "kmod",
-            ),
-            stanza(
-                "linux-image-6.12.117+deb12-amd64",
-                "6.12.117-1~deb12u1",
-                100000,
-                "kmod",
-            ),
-            stanza(
-                "linux-image-6.12-amd64",
-                "6.12.117-1~deb12u1",
-                13,
-                "linux-image-6.12.117+deb12-amd64 (= 6.12.117-1~deb12u1)",
-            ),
-            stanza(
-                "linux-image-6.12.117+deb12-cloud-amd64-unsigned",
-                "6.12.117-1~deb12u1",
-                90000,
-                "kmod",
-            ),
-            stanza(
-                "linux-source-6.12",
-                "6.12.117-1~deb12u1",
-                150000,
-                "binutils",
-            ),
-            stanza(
-                "linux-source-6.12",
-                "6.12.115-2~deb12u1",
-                150000,
-                "binutils",
-            ),
-        ]
-        .concat();
-        recs.extend(parse_packages(&security, "bookworm-security"));
-        let trixie = [
-            stanza(
-                "linux-image-6.12.117+deb13-amd64-unsigned",
-                "6.12.117-1",
-                100000,
-                "kmod",
-            ),
-            stanza(
-                "linux-image-6.12.117+deb13-amd64",
-                "6.12.117-1",
-                100000,
-                "kmod",
-            ),
-            stanza("linux-source-6.12", "6.12.117-1", 150000, "binutils"),
-        ]
-        .concat();
-        recs.extend(parse_packages(&trixie, "trixie"));
-        recs.extend(parse_packages(&trixie, "trixie-security"));
-        let split = |abi: &str, v: &str, modules: bool| {
-            let mut s = stanza(
-                &format!("linux-image-{abi}-amd64"),
-                v,
-                16,
-                &format!("dracut | initramfs-tools, linux-base-{abi}-amd64 (= {v}), linux-binary-{abi}-amd64 (= {v}), linux-modules-{abi}-amd64 (= {v})"),
-            );
-            s += &stanza(&format!("linux-binary-{abi}-amd64"), v, 14000, "x");
-            if modules {
-                s += &stanza(&format!("linux-modules-{abi}-amd64"), v, 156000, "kmod");
-                s += &stanza(&format!("linux-base-{abi}-amd64"), v, 1500, "");
+        for (suites, stanzas) in FIXTURE {
+            let text: String = stanzas
+                .iter()
+                .map(|(p, v, size, dep)| match p.strip_prefix("split:") {
+                    Some(rest) => {
+                        let abi = rest.trim_end_matches(":nomod");
+                        split(abi, v, !rest.ends_with(":nomod"))
+                    }
+                    None => stanza(p, v, *size, dep),
+                })
+                .collect();
+            for suite in *suites {
+                recs.extend(parse_packages(&text, suite));
             }
-            s
-        };
-        let bpo = [
-            stanza(
-                "linux-image-6.16.12+deb13-amd64",
-                "6.16.12-1~bpo13+1",
-                160000,
-                "kmod, linux-base-6.16.12+deb13-amd64",
-            ),
-            stanza(
-                "linux-image-6.17.13+deb13-amd64",
-                "6.17.13-1~bpo13+1",
-                160000,
-                "kmod",
-            ),
-            stanza(
-                "linux-image-6.18.5+deb13-amd64",
-                "6.18.5-1~bpo13+1",
-                160000,
-                "kmod",
-            ),
-            stanza(
-                "linux-image-6.18.12+deb13-amd64",
-                "6.18.12-1~bpo13+1",
-                160000,
-                "kmod",
-            ),
-            stanza(
-                "linux-image-6.18.15+deb13-amd64",
-                "6.18.15-1~bpo13+1",
-                166232,
-                "kmod",
-            ),
-            split("6.19.14+deb13", "6.19.14-1~bpo13+1", false),
-            split("7.0.13+deb13", "7.0.13-1~bpo13+1", false),
-            split("7.2.12+deb13", "7.2.12-1~bpo13+1", true),
-            split("7.3.4+deb13", "7.3.4-1~bpo13+1", true),
-            stanza("linux-source-7.3", "7.3.4-1~bpo13+1", 160000, "binutils"),
-        ]
-        .concat();
-        recs.extend(parse_packages(&bpo, "trixie-backports"));
-        recs.extend(parse_packages(
-            &split("7.2.13+deb14", "7.2.13-1", true),
-            "sid",
-        ));
-        recs.extend(parse_packages(
-            &split("7.3", "7.3~rc7-1~exp1", true),
-            "experimental",
-        ));
+        }
         Index::new(recs)
     }
 
