@@ -17,22 +17,19 @@ use std::time::{Duration, Instant};
 /// How often a waiter tries again.
 const POLL: Duration = Duration::from_millis(100);
 
-/// One VM's share of the host: dropped (unlocked) when the VM is gone.
+/// A share of the host's cores, held until dropped (the `flock`s are released with the files).
 #[derive(Debug)]
-pub struct Slot {
-    _file: File,
-    /// Seconds spent waiting for it.
-    pub waited: f64,
-}
-
-/// Every slot and the turnstile: the holder has the host to itself.
-#[derive(Debug)]
-pub struct AllCores {
-    _turnstile: File,
+pub struct Held {
+    _turnstile: Option<File>,
     _slots: Vec<File>,
     /// Seconds spent waiting for it.
     pub waited: f64,
 }
+
+/// One VM's share: as many slots as it has vCPUs.
+pub type Slot = Held;
+/// Every slot and the turnstile: the holder has the host to itself.
+pub type AllCores = Held;
 
 /// How many VMs may run at once: the host's cores.
 pub fn slot_count() -> usize {
@@ -62,28 +59,40 @@ fn interrupted() -> Result<()> {
     Ok(())
 }
 
-/// Waits for a free slot (polling, so an interrupt ends the wait).  `waiting` is called once
-/// if the slot is not free at once.
-pub fn vm_slot(waiting: &mut dyn FnMut()) -> Result<Slot> {
-    vm_slot_in(&dir()?, slot_count(), waiting)
+/// Waits for `cpus` free slots (a VM with that many vCPUs; all of them when it has as many
+/// as the host has cores), polling so that an interrupt ends the wait.  `waiting` is called
+/// once if they are not free at once.
+pub fn vm_slot(cpus: usize, waiting: &mut dyn FnMut()) -> Result<Slot> {
+    vm_slot_in(&dir()?, slot_count(), cpus, waiting)
 }
 
-fn vm_slot_in(dir: &Path, n: usize, waiting: &mut dyn FnMut()) -> Result<Slot> {
+fn vm_slot_in(dir: &Path, n: usize, cpus: usize, waiting: &mut dyn FnMut()) -> Result<Slot> {
+    let k = cpus.clamp(1, n);
+    if k == n {
+        return all_cores_in(dir, n, waiting);
+    }
     let t0 = Instant::now();
     let turnstile = open(dir, "turnstile")?;
-    let slots = (0..n)
-        .map(|i| open(dir, &slot_name(i)))
-        .collect::<Result<Vec<_>>>()?;
     let mut told = false;
     loop {
         // A builder holds the turnstile exclusively while it collects the slots and builds.
         if turnstile.try_lock_shared().is_ok() {
-            let free = slots.iter().position(|f| f.try_lock().is_ok());
+            // All k at once or none (never hold some while waiting for more).
+            let mut got = Vec::new();
+            for i in 0..n {
+                let f = open(dir, &slot_name(i))?;
+                if f.try_lock().is_ok() {
+                    got.push(f);
+                    if got.len() == k {
+                        break;
+                    }
+                }
+            }
             turnstile.unlock().ok();
-            if let Some(i) = free {
-                let file = slots.into_iter().nth(i).expect("position is in range");
-                return Ok(Slot {
-                    _file: file,
+            if got.len() == k {
+                return Ok(Held {
+                    _turnstile: None,
+                    _slots: got,
                     waited: t0.elapsed().as_secs_f64(),
                 });
             }
@@ -127,8 +136,8 @@ fn all_cores_in(dir: &Path, n: usize, waiting: &mut dyn FnMut()) -> Result<AllCo
         }
         slots.push(f);
     }
-    Ok(AllCores {
-        _turnstile: turnstile,
+    Ok(Held {
+        _turnstile: Some(turnstile),
         _slots: slots,
         waited: t0.elapsed().as_secs_f64(),
     })
@@ -146,13 +155,13 @@ mod tests {
         let n = 2;
         // N VMs at once: all get a slot without waiting.
         let vms: Vec<Slot> = (0..n)
-            .map(|_| vm_slot_in(&d, n, &mut || panic!("a free slot was not taken")).unwrap())
+            .map(|_| vm_slot_in(&d, n, 1, &mut || panic!("a free slot was not taken")).unwrap())
             .collect();
         // The N+1st waits (threads: flocks of one process conflict between separate opens,
         // which is what each call makes).
         let (d3, (tx3, rx3)) = (d.clone(), mpsc::channel());
         let third = std::thread::spawn(move || {
-            let s = vm_slot_in(&d3, n, &mut || {}).unwrap();
+            let s = vm_slot_in(&d3, n, 1, &mut || {}).unwrap();
             tx3.send(s.waited).unwrap();
         });
         assert!(
@@ -178,7 +187,7 @@ mod tests {
         assert!(rx3.try_recv().is_err(), "a VM overtook the waiting build");
         // While it builds, a new VM waits too; both run once it is done.
         let mut waited = false;
-        let s = vm_slot_in(&d, n, &mut || waited = true).unwrap();
+        let s = vm_slot_in(&d, n, 1, &mut || waited = true).unwrap();
         assert!(waited && s.waited >= 0.1, "a VM ran beside a build");
         let w3 = rx3
             .recv_timeout(Duration::from_secs(5))
@@ -186,5 +195,27 @@ mod tests {
         assert!(w3 >= 1.0, "the third VM waited only {w3} s");
         builder.join().unwrap();
         third.join().unwrap();
+        drop(s);
+        // A 2-vCPU VM on 3 slots takes 2; then a second one waits for them.
+        let two = vm_slot_in(&d, 3, 2, &mut || panic!("3 free slots")).unwrap();
+        let one = vm_slot_in(&d, 3, 1, &mut || panic!("1 slot is free")).unwrap();
+        let (d4, (tx4, rx4)) = (d.clone(), mpsc::channel());
+        let t4 = std::thread::spawn(move || {
+            let _s = vm_slot_in(&d4, 3, 2, &mut || {}).unwrap();
+            tx4.send(()).unwrap();
+        });
+        assert!(
+            rx4.recv_timeout(Duration::from_millis(300)).is_err(),
+            "4 vCPUs on 3 slots"
+        );
+        drop(one);
+        assert!(
+            rx4.recv_timeout(Duration::from_millis(300)).is_err(),
+            "a 2-vCPU VM ran on 1 free slot"
+        );
+        drop(two);
+        rx4.recv_timeout(Duration::from_secs(5))
+            .expect("the second 2-vCPU VM never ran");
+        t4.join().unwrap();
     }
 }

@@ -112,6 +112,19 @@ pub struct Pair {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub failure: Vec<String>,
+    /// A race on a kernel that lacks the fix: the pair expects FAIL and is as expected when
+    /// one of up to N runs gives the expected outcome (the first that does ends it); every
+    /// attempt is reported.  Only for `verdict: fail` (a PASS must hold every time).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub attempts: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }
 
 /// `failure: data loss` or `failure: [kernel splat, data loss]`: a racy kernel may show its
@@ -151,6 +164,21 @@ pub fn parse(text: &str, file: &str) -> Result<Matrix, CaseError> {
                 msg: format!(
                     "pairs[{i}]: kernel `{}` is not defined under `kernels:`",
                     p.kernel
+                ),
+            });
+        }
+        if p.attempts == 0 || (p.attempts > 1 && p.verdict != VerdictExpect::Fail) {
+            let at = case::locate(
+                text,
+                &[Seg::Key("pairs"), Seg::Index(i), Seg::Key("attempts")],
+            );
+            return Err(CaseError {
+                file: file.into(),
+                line: at.map(|(l, _)| l),
+                col: at.map(|(_, c)| c),
+                msg: format!(
+                    "pairs[{i}].attempts: {} — at least 1, and more only for `verdict: fail` (a PASS must hold every time)",
+                    p.attempts
                 ),
             });
         }
@@ -300,10 +328,14 @@ pub struct PairResult {
 }
 
 impl PairResult {
+    /// Every run as expected; for a race (`attempts:` above 1), one run as expected.
     pub fn ok(&self) -> bool {
-        !self.runs.is_empty()
-            && self.errors.is_empty()
-            && self.mismatches.iter().all(|m| m.is_empty())
+        let matched = if self.pair.attempts > 1 {
+            self.mismatches.iter().any(|m| m.is_empty())
+        } else {
+            self.mismatches.iter().all(|m| m.is_empty())
+        };
+        !self.runs.is_empty() && self.errors.is_empty() && matched
     }
     /// A host error or a run that could not judge the case (infrastructure).
     pub fn errored(&self) -> bool {
@@ -785,6 +817,25 @@ pairs:
             .unwrap_err()
             .to_string()
             .contains("no such kernel"));
+    }
+
+    #[test]
+    fn attempts_only_for_an_expected_failure() {
+        let text = "kernels:\n  k1: { spec: \"debian:6.12\" }\npairs:\n  - { kernel: k1, case: c, outcome: o, verdict: fail, attempts: 3 }\n";
+        assert_eq!(parse(text, "m.yaml").unwrap().pairs[0].attempts, 3);
+        let e = parse(&text.replace("fail", "pass"), "m.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("m.yaml:4:") && e.contains("only for `verdict: fail`"),
+            "{e}"
+        );
+        let e = parse(&text.replace("3", "0"), "m.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("attempts: 0"), "{e}");
+        let one = parse(&text.replace(", attempts: 3", ""), "m.yaml").unwrap();
+        assert_eq!(one.pairs[0].attempts, 1);
     }
 
     #[test]

@@ -653,7 +653,7 @@ pub fn launch(
         .with_context(|| format!("cannot create {}", console_log.display()))?;
     let stdout = std::fs::File::create(&stdout_log)
         .with_context(|| format!("cannot create {}", stdout_log.display()))?;
-    let slot = match crate::cores::vm_slot(on_wait) {
+    let slot = match crate::cores::vm_slot(cfg.cpus as usize, on_wait) {
         Ok(s) => s,
         Err(_) if INTERRUPTED.load(Ordering::SeqCst) => {
             return Ok(Launched::interrupted(log_dir, tag))
