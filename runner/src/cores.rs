@@ -5,7 +5,8 @@
 //! their outcome).  So each VM holds one of N *slots* (N = the host's cores) while it runs, and
 //! a build holds all of them: builds run alone, VMs run N at a time, across processes (`cargo
 //! test`'s threads, a `review`'s jobs, a `matrix` in another terminal).  Slots are `flock`s on
-//! files under the cache root; the kernel drops them when a process dies, so a killed runner
+//! files under `$TMPDIR/dmcache-vmtest-UID/cores` (per machine and user, whatever the cache root);
+//! the kernel drops them when a process dies, so a killed runner
 //! never leaves one held.  A builder first takes the *turnstile*, which new VMs pass through,
 //! so a stream of VMs cannot starve it.
 
@@ -36,9 +37,11 @@ pub fn slot_count() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// The lock files' directory under the cache root (created).
+/// The lock files' directory (created): one per user and machine, not per cache root — two
+/// runs with different `DMCACHE_VMTEST_CACHE` still share the same cores.
 fn dir() -> Result<PathBuf> {
-    let d = crate::cache::dir("cores");
+    let uid = nix::unistd::getuid();
+    let d = std::env::temp_dir().join(format!("dmcache-vmtest-{uid}")).join("cores");
     std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
     Ok(d)
 }
