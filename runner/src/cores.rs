@@ -41,7 +41,9 @@ pub fn slot_count() -> usize {
 /// runs with different `DMCACHE_VMTEST_CACHE` still share the same cores.
 fn dir() -> Result<PathBuf> {
     let uid = nix::unistd::getuid();
-    let d = std::env::temp_dir().join(format!("dmcache-vmtest-{uid}")).join("cores");
+    let d = std::env::temp_dir()
+        .join(format!("dmcache-vmtest-{uid}"))
+        .join("cores");
     std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
     Ok(d)
 }

@@ -489,6 +489,40 @@ pub enum LeaderEnd {
     Signaled,
 }
 
+/// Runs `cmd` to its end in a [`GroupGuard`] (its own process group, killed with the runner
+/// by the watchdog, on an error and on Ctrl-C), collecting stdout and stderr like
+/// [`Command::output`].  For the host tools the runner drives (apt-get, dpkg-deb, tar, curl).
+pub fn guarded_output(cmd: &mut Command) -> std::io::Result<std::process::Output> {
+    let mut g = GroupGuard::spawn(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()))?;
+    fn drain<R: Read + Send + 'static>(r: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    }
+    let out = drain(g.child.stdout.take());
+    let err = drain(g.child.stderr.take());
+    while g.exited().map_err(std::io::Error::other)?.is_none() {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            g.stop(STOP_GRACE);
+            return Err(std::io::Error::other("interrupted"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    g.kill();
+    let status = g
+        .status
+        .ok_or_else(|| std::io::Error::other("lost the child's status"))?;
+    Ok(std::process::Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    })
+}
+
 impl GroupGuard {
     /// Spawns `cmd` in a new process group (`setpgid(0, 0)`) led by the child.
     ///
@@ -933,6 +967,28 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         false
+    }
+
+    #[test]
+    fn guarded_output_keeps_status_and_output_and_kills_the_group() {
+        let out = guarded_output(Command::new("sh").args(["-c", "echo out; echo err >&2; exit 3"]))
+            .unwrap();
+        assert_eq!(out.status.code(), Some(3));
+        assert_eq!(out.stdout, b"out\n");
+        assert_eq!(out.stderr, b"err\n");
+        // A child left behind in the group (`sleep &`) dies with it.
+        let d = tempfile::tempdir().unwrap();
+        let pidfile = d.path().join("pid");
+        let script = format!("sleep 60 >/dev/null 2>&1 & echo $! > {}", pidfile.display());
+        guarded_output(Command::new("sh").args(["-c", &script])).unwrap();
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(wait_gone(pid), "the straggler {pid} survived");
+        let e = guarded_output(&mut Command::new("/nonexistent/tool")).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
     }
 
     /// A shell leading its group that starts a grandchild (a stand-in for vng's QEMU) and

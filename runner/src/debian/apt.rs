@@ -134,11 +134,10 @@ impl AptState {
         if self.updated_at() != seen && !self.stale() {
             return Ok(vec![]); // another run refreshed it while this one waited
         }
-        let out = self
-            .command("apt-get")
-            .args(["update", "-q"])
-            .output()
-            .context("cannot run apt-get (install apt)")?;
+        let mut cmd = self.command("apt-get");
+        cmd.args(["update", "-q"]);
+        let out =
+            crate::vm::guarded_output(&mut cmd).context("cannot run apt-get (install apt)")?;
         let err = String::from_utf8_lossy(&out.stderr);
         let warnings: Vec<String> = err
             .lines()
@@ -239,13 +238,9 @@ impl AptState {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let specs: Vec<String> = pkgs.iter().map(|(p, v)| format!("{p}={v}")).collect();
         crate::cache::ensure_space(&format!("apt-get download {}", specs.join(" ")))?;
-        let out = self
-            .command("apt-get")
-            .current_dir(dir)
-            .args(["download", "-q"])
-            .args(&specs)
-            .output()
-            .context("cannot run apt-get")?;
+        let mut cmd = self.command("apt-get");
+        cmd.current_dir(dir).args(["download", "-q"]).args(&specs);
+        let out = crate::vm::guarded_output(&mut cmd).context("cannot run apt-get")?;
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr);
             let why = err

@@ -247,9 +247,9 @@ pub(crate) fn succeed(
     what: &str,
     install: &str,
 ) -> Result<std::process::Output> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot run {what} ({install})"))?;
+    // In a process-group guard: an interrupt, an error or a killed runner leaves no child.
+    let out =
+        crate::vm::guarded_output(cmd).with_context(|| format!("cannot run {what} ({install})"))?;
     if !out.status.success() {
         bail!(
             "{what} failed: {}",

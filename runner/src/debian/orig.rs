@@ -165,11 +165,12 @@ pub fn probe(tree: &Tree, mirror: &str) -> Result<Probe> {
         return Ok(p.clone());
     }
     let url = tree.url(mirror);
-    let out = Command::new("curl")
-        .args(["-sS", "-I", "-L", "-o", "/dev/null", "-w", "%{http_code}"])
-        .arg(&url)
-        .output()
-        .context("cannot run curl (apt-get install curl)")?;
+    let mut curl = Command::new("curl");
+    curl.args(["-sS", "-I", "-L", "-o", "/dev/null", "-w", "%{http_code}"])
+        .args(["--connect-timeout", "20", "--max-time", "60"])
+        .arg(&url);
+    let out =
+        crate::vm::guarded_output(&mut curl).context("cannot run curl (apt-get install curl)")?;
     let code = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let p = match code.as_str() {
         "200" => Probe {
@@ -222,7 +223,11 @@ pub fn fetch(tree: &Tree, mirror: &str, into: &Path, progress: &mut dyn FnMut(&s
         tree.orig.size / 1_000_000
     ));
     let mut curl = Command::new("curl");
-    curl.args(["-sS", "-f", "-L", "-o"]).arg(&file).arg(&url);
+    // A stalled transfer (under 1 kB/s for a minute) fails instead of hanging.
+    curl.args(["-sS", "-f", "-L", "--connect-timeout", "20"])
+        .args(["--speed-limit", "1000", "--speed-time", "60", "-o"])
+        .arg(&file)
+        .arg(&url);
     super::succeed(&mut curl, &format!("curl {url}"), "apt-get install curl")?;
     let got = sha256_file(&file)?;
     if got != tree.orig.sha256 {
