@@ -358,23 +358,26 @@ pub fn run_case(
         let records: Vec<&BootRecord> = boots.iter().map(|o| &o.record).collect();
         values = replay::replay(case, &records).values;
     }
-    if let Some(dest) = &opts.save_logs {
-        save_logs(
-            work.path(),
-            dest,
-            &format!(
-                "{}-{}",
-                case.name,
-                kernel.release.as_deref().unwrap_or("kernel")
-            ),
-        )?;
-    }
-    let workdir = if opts.keep {
-        Some(work.keep())
+    // Kept before the logs are copied: a failed copy must not cost the disks asked for.
+    let (workdir, work_path) = if opts.keep {
+        let kept = work.keep();
+        (Some(kept.clone()), kept)
     } else {
-        drop(work);
-        None
+        (None, work.path().to_path_buf())
     };
+    if let Some(dest) = &opts.save_logs {
+        let name = format!(
+            "{}-{}",
+            case.name,
+            kernel.release.as_deref().unwrap_or("kernel")
+        );
+        if let Err(e) = save_logs(&work_path, dest, &name) {
+            return Err(match &workdir {
+                Some(k) => e.context(format!("work dir kept at {}", k.display())),
+                None => e,
+            });
+        }
+    }
     Ok(CaseRun {
         case: case.name.clone(),
         kernel: kernel.clone(),
