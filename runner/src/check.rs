@@ -221,6 +221,17 @@ fn judge_boots(case: &Case, run: &CaseRun, rp: &replay::Replay) -> BootPass {
             None => {}
         }
         pass.failures.extend(guest_log_splats(b, boot, out));
+        if !out.record.planted.is_empty() {
+            pass.failures.push(Failure {
+                what: format!(
+                    "boot {} `{}`: the guest left what is not a plain file in its results dir (the host reads none of it): {}",
+                    b + 1,
+                    boot.name,
+                    out.record.planted.join(", ")
+                ),
+                detail: vec![],
+            });
+        }
         pass.failures.extend(console_splats(b, boot, out));
         pass.boots.push(BootSummary {
             name: boot.name.clone(),
@@ -845,6 +856,18 @@ mod tests {
         assert_fails(
             &judge(&case, &recs),
             "the guest reports release `7.3.4-dmtfake`, but the kernel booted is `6.12.117-test`",
+        );
+    }
+
+    #[test]
+    fn a_link_or_fifo_the_guest_planted_fails() {
+        let case = seed_case();
+        let mut recs = honest_guest(&case, 1, &[DIRTY], GOOD);
+        assert_eq!(judge(&case, &recs).status, Status::Pass);
+        recs[0].planted = vec!["step-3/stdout".into()];
+        assert_fails(
+            &judge(&case, &recs),
+            "the guest left what is not a plain file in its results dir (the host reads none of it): step-3/stdout",
         );
     }
 

@@ -53,14 +53,14 @@ pub fn steps_finished(boot_dir: &Path, nsteps: usize) -> usize {
     (0..nsteps)
         .take_while(|i| {
             let d = boot_dir.join(step_dir_name(*i));
-            d.join("status").exists() || d.join("skipped").exists()
+            guest_file(&d.join("status")) || guest_file(&d.join("skipped"))
         })
         .count()
 }
 
 /// True once the guest script of the boot in `boot_dir` has started.
 pub fn boot_started(boot_dir: &Path) -> bool {
-    boot_dir.join("started").exists()
+    guest_file(&boot_dir.join("started"))
 }
 
 /// Shell test that is true when `cond` holds (values are shell variables named like the keys).
@@ -400,6 +400,9 @@ pub struct BootRecord {
     /// The guest's own kernel log (`dmesg` at the end of the boot or before its crash).
     #[serde(skip)]
     pub klog: Option<String>,
+    /// Links, FIFOs or device nodes in the boot's results dir ([`planted`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub planted: Vec<String>,
 }
 
 impl BootRecord {
@@ -429,9 +432,73 @@ pub fn parse_target_version(targets: &str, name: &str) -> Option<String> {
 /// corrupted metadata strings), and one invalid byte must not drop the whole record (and
 /// with it every splat it shows).
 fn read_opt(p: &Path) -> Option<String> {
-    std::fs::read(p)
-        .ok()
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
+    read_guest(p).map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+// The results dir is shared read-write with the guest (9p): anything in it may be a link, a
+// FIFO or a device node the guest made.  The host reads only plain files there, never through
+// a link (the file opened with O_NOFOLLOW, the two directories above it checked), never
+// blocking on a FIFO, at most 64 MiB of each; and what is neither a file nor a directory fails
+// the run ([`planted`], [`crate::check`]).
+
+/// The most the host reads of one file the guest wrote.
+const MAX_GUEST_FILE: u64 = 64 << 20;
+
+/// `p` is a plain file the guest wrote (not a link, FIFO or device; no link above it).
+pub fn guest_file(p: &Path) -> bool {
+    no_link_above(p) && std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_file())
+}
+
+/// Neither of the two directories above `p` (a step's or `facts/` dir, the boot's dir) is a
+/// link: the results dir itself is the host's.
+fn no_link_above(p: &Path) -> bool {
+    p.ancestors()
+        .skip(1)
+        .take(2)
+        .all(|d| std::fs::symlink_metadata(d).is_ok_and(|m| m.file_type().is_dir()))
+}
+
+/// The bytes of a plain file the guest wrote (at most [`MAX_GUEST_FILE`]); `None` for
+/// anything else, a link above all.
+pub fn read_guest(p: &Path) -> Option<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    if !no_link_above(p) {
+        return None;
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(p)
+        .ok()?;
+    if !f.metadata().ok()?.file_type().is_file() {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    f.take(MAX_GUEST_FILE).read_to_end(&mut bytes).ok()?;
+    Some(bytes)
+}
+
+/// What in the results dir is neither a directory nor a plain file — a link, a FIFO, a device
+/// node — as paths relative to it.  The guest script never makes one; a case that does is
+/// trying the host, and fails.
+pub fn planted(results: &Path) -> Vec<String> {
+    fn walk(root: &Path, d: &Path, out: &mut Vec<String>) {
+        let Ok(rd) = std::fs::read_dir(d) else { return };
+        for e in rd.flatten() {
+            let Ok(t) = e.file_type() else { continue };
+            if t.is_dir() {
+                walk(root, &e.path(), out);
+            } else if !t.is_file() {
+                let p = e.path();
+                out.push(p.strip_prefix(root).unwrap_or(&p).display().to_string());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(results, results, &mut out);
+    out.sort();
+    out
 }
 
 /// The kernel log lines between step `i`'s markers in `log` (a `dmesg` dump or the console);
@@ -458,9 +525,10 @@ pub fn read_boot(results: &Path, b: usize, nsteps: usize, console: &str) -> Boot
         started: boot_started(&dir),
         release: read_opt(&dir.join("facts/release")).map(|s| s.trim().to_string()),
         targets: read_opt(&dir.join("facts/targets")),
-        crash_marker: dir.join("crash").exists(),
-        done: dir.join("done").exists(),
+        crash_marker: guest_file(&dir.join("crash")),
+        done: guest_file(&dir.join("done")),
         error: read_opt(&dir.join("error")).map(|s| s.trim().to_string()),
+        planted: planted(&dir),
         ..Default::default()
     };
     if let Some(t) = read_opt(&dir.join("facts/tools")) {
@@ -489,7 +557,7 @@ pub fn read_boot(results: &Path, b: usize, nsteps: usize, console: &str) -> Boot
             .unwrap_or_default();
         rec.steps.push(StepRecord {
             status: read_opt(&sd.join("status")).and_then(|s| s.trim().parse().ok()),
-            skipped: sd.join("skipped").exists(),
+            skipped: guest_file(&sd.join("skipped")),
             stdout: read_opt(&sd.join("stdout")).unwrap_or_default(),
             stderr: read_opt(&sd.join("stderr")).unwrap_or_default(),
             dmesg,
@@ -563,6 +631,38 @@ pub fn write_boot(results: &Path, b: usize, rec: &BootRecord) -> std::io::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_host_reads_only_plain_files_never_through_a_link_or_a_fifo() {
+        let d = tempfile::tempdir().unwrap();
+        let results = d.path().join("results");
+        let boot = results.join("boot-1");
+        std::fs::create_dir_all(boot.join("facts")).unwrap();
+        std::fs::write(boot.join("facts/release"), "6.12.0\n").unwrap();
+        let secret = d.path().join("host-secret");
+        std::fs::write(&secret, "root:x").unwrap();
+        std::os::unix::fs::symlink(&secret, boot.join("error")).unwrap();
+        nix::unistd::mkfifo(&boot.join("done"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        // A step dir that is a link to a host directory full of plain files.
+        let hostdir = d.path().join("hostdir");
+        std::fs::create_dir_all(&hostdir).unwrap();
+        std::fs::write(hostdir.join("status"), "0").unwrap();
+        std::fs::write(hostdir.join("stdout"), "root:x").unwrap();
+        std::os::unix::fs::symlink(&hostdir, boot.join(step_dir_name(0))).unwrap();
+        let t = std::time::Instant::now();
+        let rec = read_boot(&results, 0, 1, "");
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(2),
+            "blocked on the FIFO"
+        );
+        assert_eq!(rec.release.as_deref(), Some("6.12.0"));
+        assert_eq!(rec.error, None, "read through a link");
+        assert!(!rec.done, "a FIFO is no `done` file");
+        assert_eq!(rec.steps[0].status, None, "read through a linked step dir");
+        assert_eq!(rec.steps[0].stdout, "");
+        assert_eq!(steps_finished(&boot, 1), 0);
+        assert_eq!(rec.planted, ["done", "error", "step-1"].map(String::from));
+    }
 
     #[test]
     fn a_guest_made_link_is_removed_not_followed() {
