@@ -625,6 +625,13 @@ pub fn write_boot(results: &Path, b: usize, rec: &BootRecord) -> std::io::Result
     if rec.done || rec.crash_marker {
         std::fs::write(dir.join("dmesg"), klog)?;
     }
+    // What a lying guest planted: a link in place of each (to a path that is not there).
+    for p in &rec.planted {
+        let at = dir.join(p);
+        let _ = std::fs::remove_file(&at);
+        std::fs::create_dir_all(at.parent().unwrap_or(&dir))?;
+        std::os::unix::fs::symlink("/nonexistent-host-file", &at)?;
+    }
     Ok(())
 }
 
