@@ -167,3 +167,11 @@ fn no_function_over_120_lines() {
     }
     assert!(long.is_empty(), "functions over 120 lines: {long:?}");
 }
+
+/// README is a user's page of at most 15 KB; measurements and internals live in docs/.
+#[test]
+fn readme_is_at_most_15_kb() {
+    let readme = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    let n = std::fs::metadata(&readme).unwrap().len();
+    assert!(n <= 15 * 1024, "README.md is {n} bytes (at most 15360)");
+}
