@@ -165,6 +165,52 @@ pub(super) fn reset_tree(bdir: &Path, tree: &Path, st: &mut TreeState) -> Result
     write_state(bdir, st)
 }
 
+/// `patch -p1 --forward --batch` of `file` in `tree` (`--dry-run` when asked): whether it
+/// applied, and what it printed.
+fn run_patch(tree: &Path, file: &Path, dry_run: bool) -> Result<(bool, String)> {
+    let mut cmd = Command::new("patch");
+    cmd.args(["-p1", "--forward", "--batch", "--no-backup-if-mismatch"]);
+    if dry_run {
+        cmd.arg("--dry-run");
+    }
+    let out = cmd
+        .arg("-i")
+        .arg(file)
+        .current_dir(tree)
+        .stdin(Stdio::null())
+        .output()
+        .context("running patch (apt-get install patch)")?;
+    let mut msg = String::from_utf8_lossy(&out.stdout).into_owned();
+    msg.push_str(&String::from_utf8_lossy(&out.stderr));
+    Ok((out.status.success(), msg))
+}
+
+/// The files `patch --dry-run` says it would change: `checking file X`, and for a rename or
+/// copy `checking file X (renamed from Y)` names both.
+fn dry_run_files(out: &str) -> Vec<String> {
+    let mut files = Vec::new();
+    for l in out.lines() {
+        let Some(rest) = l.strip_prefix("checking file ") else {
+            continue;
+        };
+        let (name, from) = match rest.split_once(" (") {
+            Some((n, tail)) => {
+                let from = tail
+                    .trim_end_matches(')')
+                    .strip_prefix("renamed from ")
+                    .or_else(|| tail.trim_end_matches(')').strip_prefix("copied from "));
+                (n, from)
+            }
+            None => (rest, None),
+        };
+        files.push(name.trim().to_string());
+        if let Some(f) = from {
+            files.push(f.trim().to_string());
+        }
+    }
+    files
+}
+
 pub(super) fn apply_patch_set(
     bdir: &Path,
     tree: &Path,
@@ -225,22 +271,23 @@ pub(super) fn apply_patch_set(
         progress(&format!("applying {name}"));
         let copy = pdir.join(format!("{i:02}-{name}"));
         fs::write(&copy, &p.bytes)?;
-        let out = Command::new("patch")
-            .args([
-                "-p1",
-                "--forward",
-                "--batch",
-                "--no-backup-if-mismatch",
-                "-i",
-            ])
-            .arg(&copy)
-            .current_dir(tree)
-            .stdin(Stdio::null())
-            .output()
-            .context("running patch")?;
-        let mut msg = String::from_utf8_lossy(&out.stdout).into_owned();
-        msg.push_str(&String::from_utf8_lossy(&out.stderr));
-        if !out.status.success() {
+        // patch's own list of the files it would change must be the parser's: a file only
+        // patch sees would get no pristine copy and stay changed for the next variant.
+        let dry = run_patch(tree, &copy, true)?;
+        if dry.0 {
+            if let Some(f) = dry_run_files(&dry.1)
+                .into_iter()
+                .find(|f| !p.files.contains(f))
+            {
+                reset_tree(bdir, tree, &mut st).context("restoring the tree")?;
+                bail!(
+                    "patch {} changes {f}, which its headers do not name (a header form the runner does not read); refused, the build tree is pristine",
+                    p.path.display()
+                );
+            }
+        }
+        let (ok, msg) = run_patch(tree, &copy, false)?;
+        if !ok {
             let mut rejects = String::new();
             for f in &p.files {
                 if let Ok(r) = fs::read_to_string(tree.join(format!("{f}.rej"))) {
@@ -270,6 +317,39 @@ pub(super) fn apply_patch_set(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dry_run_output_names_renames_and_copies() {
+        let out = "checking file drivers/md/dm-cache-target.c\nHunk #1 succeeded at 2935 (offset 6 lines).\nchecking file b.c (renamed from a.c)\nchecking file d.c (copied from c.c)\n";
+        assert_eq!(
+            dry_run_files(out),
+            ["drivers/md/dm-cache-target.c", "b.c", "a.c", "d.c", "c.c"].map(String::from)
+        );
+    }
+
+    /// A file patch changes that the headers the runner reads do not name (an `Index:`-only
+    /// section) is refused before anything is applied, and the tree stays pristine.
+    #[test]
+    fn a_patch_touching_an_unnamed_file_is_refused_and_the_tree_restored() {
+        let d = tempfile::tempdir().unwrap();
+        let (bdir, tree) = (d.path().join("b"), d.path().join("t"));
+        fs::create_dir_all(&bdir).unwrap();
+        fs::create_dir_all(&tree).unwrap();
+        fs::write(tree.join("a.c"), "one\n").unwrap();
+        fs::write(tree.join("hidden.c"), "x\n").unwrap();
+        let text = "--- a/a.c\n+++ b/a.c\n@@ -1 +1 @@\n-one\n+two\nIndex: a/hidden.c\n@@ -1 +1 @@\n-x\n+y\n";
+        let pf = d.path().join("p.patch");
+        fs::write(&pf, text).unwrap();
+        let p = PatchInput::read(&pf).unwrap();
+        assert_eq!(p.files, ["a.c"]);
+        let e = apply_patch_set(&bdir, &tree, &[p], &mut |_| {}).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("changes hidden.c, which its headers do not name"),
+            "{e:#}"
+        );
+        assert_eq!(fs::read_to_string(tree.join("a.c")).unwrap(), "one\n");
+        assert_eq!(fs::read_to_string(tree.join("hidden.c")).unwrap(), "x\n");
+    }
 
     #[test]
     fn patch_paths_from_headers() {
