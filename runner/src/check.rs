@@ -864,10 +864,10 @@ mod tests {
         let case = seed_case();
         let mut recs = honest_guest(&case, 1, &[DIRTY], GOOD);
         assert_eq!(judge(&case, &recs).status, Status::Pass);
-        recs[0].planted = vec!["step-3/stdout".into()];
+        recs[0].planted = vec!["boot-1/step-3/stdout".into()];
         assert_fails(
             &judge(&case, &recs),
-            "the guest left what is not a plain file in its results dir (the host reads none of it): step-3/stdout",
+            "the guest left what is not a plain file in its results dir (the host reads none of it): boot-1/step-3/stdout",
         );
     }
 

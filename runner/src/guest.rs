@@ -479,6 +479,16 @@ pub fn read_guest(p: &Path) -> Option<Vec<u8>> {
     Some(bytes)
 }
 
+/// What boot `b` left in the results dir that is not a plain file: in its own dir or outside
+/// every boot's dir (the fixtures dir, say); what an earlier boot left is that boot's.
+fn planted_by_boot(results: &Path, b: usize) -> Vec<String> {
+    let own = format!("boot-{}/", b + 1);
+    planted(results)
+        .into_iter()
+        .filter(|p| p.starts_with(&own) || !p.starts_with("boot-"))
+        .collect()
+}
+
 /// What in the results dir is neither a directory nor a plain file — a link, a FIFO, a device
 /// node — as paths relative to it.  The guest script never makes one; a case that does is
 /// trying the host, and fails.
@@ -528,7 +538,7 @@ pub fn read_boot(results: &Path, b: usize, nsteps: usize, console: &str) -> Boot
         crash_marker: guest_file(&dir.join("crash")),
         done: guest_file(&dir.join("done")),
         error: read_opt(&dir.join("error")).map(|s| s.trim().to_string()),
-        planted: planted(&dir),
+        planted: planted_by_boot(results, b),
         ..Default::default()
     };
     if let Some(t) = read_opt(&dir.join("facts/tools")) {
@@ -627,7 +637,7 @@ pub fn write_boot(results: &Path, b: usize, rec: &BootRecord) -> std::io::Result
     }
     // What a lying guest planted: a link in place of each (to a path that is not there).
     for p in &rec.planted {
-        let at = dir.join(p);
+        let at = results.join(p);
         let _ = std::fs::remove_file(&at);
         std::fs::create_dir_all(at.parent().unwrap_or(&dir))?;
         std::os::unix::fs::symlink("/nonexistent-host-file", &at)?;
@@ -668,7 +678,10 @@ mod tests {
         assert_eq!(rec.steps[0].status, None, "read through a linked step dir");
         assert_eq!(rec.steps[0].stdout, "");
         assert_eq!(steps_finished(&boot, 1), 0);
-        assert_eq!(rec.planted, ["done", "error", "step-1"].map(String::from));
+        assert_eq!(
+            rec.planted,
+            ["boot-1/done", "boot-1/error", "boot-1/step-1"].map(String::from)
+        );
     }
 
     #[test]

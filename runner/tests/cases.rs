@@ -212,7 +212,17 @@ fn udev_opt_in(spec: &str, kernels: &Kernels) -> Result<(), Failed> {
 
 /// Issue 18's verified lies, in real VMs: each fixture must FAIL, saying why.
 fn must_fail_with(name: &str, why: &str, spec: &str, kernels: &Kernels) -> Result<(), Failed> {
+    // planted_link's target: the host must never write through the link.
+    let target = Path::new("/tmp/dmcache-vmtest-planted-link-target");
+    let _ = std::fs::remove_dir_all(target);
     let (v, text) = run_fixture(name, spec, kernels)?;
+    if target.exists() {
+        return Err(format!(
+            "{name}: the host wrote through the planted link into {}",
+            target.display()
+        )
+        .into());
+    }
     if v.status == Status::Fail && v.failures.iter().any(|f| f.what.contains(why)) {
         Ok(())
     } else {
@@ -766,6 +776,11 @@ fn vm_trials(m: &Matrix, kernels: &Kernels) -> Vec<Trial> {
     for (name, why) in [
         ("raw_byte_then_bug", "kernel splat"),
         ("timeout_is_no_refusal", "timed out after 3 s"),
+        (
+            "silenced_console_splat",
+            "kernel splat (in the guest's kernel log, not on the console)",
+        ),
+        ("planted_link", "not a plain file in its results dir"),
     ] {
         let (spec, ks) = (protocol_kernel_2.clone(), kernels.clone());
         trials.push(Trial::test(format!("vm::{name}"), move || {
