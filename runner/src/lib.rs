@@ -18,6 +18,7 @@ pub mod image;
 pub mod interrupt;
 pub mod kbuild;
 pub mod kernel;
+pub mod logwrites;
 pub mod matrix;
 pub mod replay;
 pub mod report;
