@@ -176,6 +176,116 @@ pub fn read_file(path: &std::path::Path) -> Result<Log> {
     read(&mut f, len).with_context(|| format!("reading the write log {}", path.display()))
 }
 
+/// What a power cut may leave: every entry before `durable` (it ends just after a
+/// persistence point, or is 0), plus `extra`, some of the writes logged after it and before the
+/// next persistence point (any subset of an epoch may have reached the disk, in any order).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CrashState {
+    pub durable: usize,
+    pub extra: Vec<usize>,
+}
+
+impl CrashState {
+    /// `P<durable>` or `P<durable>+i,j`: stable across runs, for `--state K` and reports.
+    pub fn id(&self) -> String {
+        if self.extra.is_empty() {
+            format!("P{}", self.durable)
+        } else {
+            let e: Vec<String> = self.extra.iter().map(|i| i.to_string()).collect();
+            format!("P{}+{}", self.durable, e.join(","))
+        }
+    }
+}
+
+/// The states at the persistence points: nothing written, then everything up to and including
+/// each FLUSH/FUA entry, then the whole log.
+pub fn persistence_states(log: &Log) -> Vec<CrashState> {
+    let mut cuts = vec![0];
+    cuts.extend(log.persistence_points().iter().map(|p| p + 1));
+    cuts.push(log.entries.len());
+    cuts.dedup();
+    cuts.into_iter()
+        .map(|durable| CrashState {
+            durable,
+            extra: vec![],
+        })
+        .collect()
+}
+
+/// Per epoch (the writes after a persistence point, before the next), up to `n` distinct
+/// non-empty proper subsets of its writes, drawn from `seed`: the same seed gives the same
+/// states.
+pub fn epoch_samples(log: &Log, n: usize, seed: u64) -> Vec<CrashState> {
+    let mut rng = seed ^ 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        // splitmix64
+        rng = rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let mut out = Vec::new();
+    let states = persistence_states(log);
+    for w in states.windows(2) {
+        let (start, end) = (w[0].durable, w[1].durable);
+        let writes: Vec<usize> = (start..end)
+            .filter(|&i| log.entries[i].has_data() && !log.entries[i].is_persistence_point())
+            .collect();
+        if writes.len() < 2 {
+            continue; // nothing between "none" and "all" of it
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..n * 4 {
+            if seen.len() == n {
+                break;
+            }
+            let pick: Vec<usize> = writes.iter().copied().filter(|_| next() & 1 == 1).collect();
+            if !pick.is_empty() && pick.len() < writes.len() && seen.insert(pick.clone()) {
+                out.push(CrashState {
+                    durable: start,
+                    extra: pick,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Writes what `state` keeps of the log in `log_file` onto `image` (a copy of the disk as it
+/// was when recording started): each kept write's data at its sector, a discard as zeros.
+pub fn apply(
+    log: &Log,
+    log_file: &mut std::fs::File,
+    state: &CrashState,
+    image: &mut std::fs::File,
+) -> Result<()> {
+    use std::io::Write;
+    let kept = (0..state.durable).chain(state.extra.iter().copied());
+    for i in kept {
+        let e = &log.entries[i];
+        let len = (e.nr_sectors * log.sectorsize) as usize;
+        if len == 0 {
+            continue;
+        }
+        let data = if e.flags & DISCARD != 0 {
+            vec![0u8; len]
+        } else {
+            let mut d = vec![0u8; len];
+            log_file.seek(SeekFrom::Start(e.data_offset))?;
+            log_file
+                .read_exact(&mut d)
+                .with_context(|| format!("reading entry {i}'s data"))?;
+            d
+        };
+        image.seek(SeekFrom::Start(e.sector * log.sectorsize))?;
+        image
+            .write_all(&data)
+            .with_context(|| format!("writing entry {i} onto the image"))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,6 +385,53 @@ mod tests {
             .short
             .unwrap()
             .contains("past the end of the log"));
+    }
+
+    #[test]
+    fn crash_states_at_persistence_points_and_within_epochs() {
+        let b = log_of(
+            512,
+            7,
+            &[
+                (0, 1, 0, "", 1),
+                (1, 1, 0, "", 2),
+                (2, 1, 0, "", 3),
+                (0, 0, FLUSH, "", 0),
+                (3, 1, 0, "", 4),
+                (0, 0, 0, "", 0),
+                (4, 1, FUA, "", 5),
+            ],
+        );
+        let log = parse(&b).unwrap();
+        let ids: Vec<String> = persistence_states(&log)
+            .iter()
+            .map(CrashState::id)
+            .collect();
+        assert_eq!(ids, ["P0", "P4", "P7"]);
+        let s1 = epoch_samples(&log, 10, 42);
+        assert_eq!(s1, epoch_samples(&log, 10, 42), "seeded: reproducible");
+        // The first epoch has 3 writes: at most 6 proper non-empty subsets; the second epoch
+        // has one write besides its FUA, so nothing between none and all.
+        assert!(!s1.is_empty() && s1.len() <= 6, "{s1:?}");
+        assert!(s1
+            .iter()
+            .all(|s| s.durable == 0 && s.extra.iter().all(|i| *i < 3)));
+        // Applying P4 + entry 4 writes bytes 1,2,3 and 4; entry 6 (after) is not there.
+        let d = tempfile::tempdir().unwrap();
+        let (lp, ip) = (d.path().join("log"), d.path().join("img"));
+        std::fs::write(&lp, &b).unwrap();
+        std::fs::write(&ip, vec![0u8; 512 * 8]).unwrap();
+        let mut lf = std::fs::File::open(&lp).unwrap();
+        let mut img = std::fs::OpenOptions::new().write(true).open(&ip).unwrap();
+        let st = CrashState {
+            durable: 4,
+            extra: vec![4],
+        };
+        assert_eq!(st.id(), "P4+4");
+        apply(&log, &mut lf, &st, &mut img).unwrap();
+        let got = std::fs::read(&ip).unwrap();
+        let firsts: Vec<u8> = (0..6).map(|s| got[s * 512]).collect();
+        assert_eq!(firsts, [1, 2, 3, 4, 0, 0]);
     }
 
     #[test]
