@@ -13,7 +13,7 @@
 use anyhow::{Context, Result};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How often a waiter tries again.
 const POLL: Duration = Duration::from_millis(100);
@@ -23,14 +23,7 @@ const POLL: Duration = Duration::from_millis(100);
 pub struct Held {
     _turnstile: Option<File>,
     _slots: Vec<File>,
-    /// Seconds spent waiting for it.
-    pub waited: f64,
 }
-
-/// One VM's share: as many slots as it has vCPUs.
-pub type Slot = Held;
-/// Every slot and the turnstile: the holder has the host to itself.
-pub type AllCores = Held;
 
 /// How many VMs may run at once: the host's cores.
 pub fn slot_count() -> usize {
@@ -53,98 +46,94 @@ fn open(dir: &Path, name: &str) -> Result<File> {
     File::create(&p).with_context(|| format!("opening the core lock {}", p.display()))
 }
 
-fn slot_name(i: usize) -> String {
-    format!("slot-{i}")
+fn open_slots(dir: &Path, n: usize) -> Result<Vec<File>> {
+    (0..n).map(|i| open(dir, &format!("slot-{i}"))).collect()
 }
 
-fn interrupted() -> Result<()> {
-    if crate::interrupt::requested() {
-        anyhow::bail!("interrupted while waiting for the host's cores");
-    }
-    Ok(())
-}
-
-/// Waits for `cpus` free slots (a VM with that many vCPUs; all of them when it has as many
-/// as the host has cores), polling so that an interrupt ends the wait.  `waiting` is called
-/// once if they are not free at once.
-pub fn vm_slot(cpus: usize, waiting: &mut dyn FnMut()) -> Result<Slot> {
-    vm_slot_in(&dir()?, slot_count(), cpus, waiting)
-}
-
-fn vm_slot_in(dir: &Path, n: usize, cpus: usize, waiting: &mut dyn FnMut()) -> Result<Slot> {
-    let k = cpus.clamp(1, n);
-    if k == n {
-        return all_cores_in(dir, n, waiting);
-    }
-    let t0 = Instant::now();
-    let turnstile = open(dir, "turnstile")?;
+/// Calls `attempt` until it returns true, every [`POLL`]; `waiting` once if the first attempt
+/// fails; an interrupt ends the wait with an error.
+fn poll_until(waiting: &mut dyn FnMut(), mut attempt: impl FnMut() -> bool) -> Result<()> {
     let mut told = false;
-    loop {
-        // A builder holds the turnstile exclusively while it collects the slots and builds.
-        if turnstile.try_lock_shared().is_ok() {
-            // All k at once or none (never hold some while waiting for more).
-            let mut got = Vec::new();
-            for i in 0..n {
-                let f = open(dir, &slot_name(i))?;
-                if f.try_lock().is_ok() {
-                    got.push(f);
-                    if got.len() == k {
-                        break;
-                    }
-                }
-            }
-            turnstile.unlock().ok();
-            if got.len() == k {
-                return Ok(Held {
-                    _turnstile: None,
-                    _slots: got,
-                    waited: t0.elapsed().as_secs_f64(),
-                });
-            }
+    while !attempt() {
+        if crate::interrupt::requested() {
+            anyhow::bail!("interrupted while waiting for the host's cores");
         }
-        interrupted()?;
         if !told {
             waiting();
             told = true;
         }
         std::thread::sleep(POLL);
     }
+    Ok(())
+}
+
+/// Waits for `cpus` free slots (a VM with that many vCPUs; all of them when it has as many
+/// as the host has cores).  `waiting` is called once if they are not free at once.
+pub fn vm_slot(cpus: usize, waiting: &mut dyn FnMut()) -> Result<Held> {
+    vm_slot_in(&dir()?, slot_count(), cpus, waiting)
+}
+
+fn vm_slot_in(dir: &Path, n: usize, cpus: usize, waiting: &mut dyn FnMut()) -> Result<Held> {
+    let k = cpus.clamp(1, n);
+    if k == n {
+        return all_cores_in(dir, n, waiting);
+    }
+    let turnstile = open(dir, "turnstile")?;
+    let slots = open_slots(dir, n)?;
+    let mut got: Vec<usize> = Vec::new();
+    poll_until(waiting, || {
+        // A builder holds the turnstile exclusively while it collects the slots and builds.
+        if turnstile.try_lock_shared().is_err() {
+            return false;
+        }
+        // All k at once or none (never hold some while waiting for more).
+        got = (0..n)
+            .filter(|&i| slots[i].try_lock().is_ok())
+            .take(k)
+            .collect();
+        let _ = turnstile.unlock();
+        if got.len() < k {
+            got.iter().for_each(|&i| {
+                let _ = slots[i].unlock();
+            });
+            got.clear();
+        }
+        !got.is_empty()
+    })?;
+    let held = slots
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| got.contains(i))
+        .map(|(_, f)| f)
+        .collect();
+    Ok(Held {
+        _turnstile: None,
+        _slots: held,
+    })
 }
 
 /// Waits for the whole host: the turnstile, then every slot in order.
-pub fn all_cores(waiting: &mut dyn FnMut()) -> Result<AllCores> {
+pub fn all_cores(waiting: &mut dyn FnMut()) -> Result<Held> {
     all_cores_in(&dir()?, slot_count(), waiting)
 }
 
-fn all_cores_in(dir: &Path, n: usize, waiting: &mut dyn FnMut()) -> Result<AllCores> {
-    let t0 = Instant::now();
+fn all_cores_in(dir: &Path, n: usize, waiting: &mut dyn FnMut()) -> Result<Held> {
     let turnstile = open(dir, "turnstile")?;
-    let mut told = false;
-    let mut tell = |told: &mut bool| {
-        if !*told {
-            waiting();
-            *told = true;
+    let slots = open_slots(dir, n)?;
+    let mut next = 0;
+    poll_until(waiting, || {
+        if next == 0 && turnstile.try_lock().is_err() {
+            return false;
         }
-    };
-    while turnstile.try_lock().is_err() {
-        interrupted()?;
-        tell(&mut told);
-        std::thread::sleep(POLL);
-    }
-    let mut slots = Vec::new();
-    for i in 0..n {
-        let f = open(dir, &slot_name(i))?;
-        while f.try_lock().is_err() {
-            interrupted()?;
-            tell(&mut told);
-            std::thread::sleep(POLL);
+        next = next.max(1);
+        while next <= n && slots[next - 1].try_lock().is_ok() {
+            next += 1;
         }
-        slots.push(f);
-    }
+        next > n
+    })?;
     Ok(Held {
         _turnstile: Some(turnstile),
         _slots: slots,
-        waited: t0.elapsed().as_secs_f64(),
     })
 }
 
@@ -152,6 +141,7 @@ fn all_cores_in(dir: &Path, n: usize, waiting: &mut dyn FnMut()) -> Result<AllCo
 mod tests {
     use super::*;
     use std::sync::mpsc;
+    use std::time::Instant;
 
     #[test]
     fn builds_exclude_vms_and_vms_share_the_slots() {
@@ -159,15 +149,16 @@ mod tests {
         let d = root.path().to_path_buf();
         let n = 2;
         // N VMs at once: all get a slot without waiting.
-        let vms: Vec<Slot> = (0..n)
+        let vms: Vec<Held> = (0..n)
             .map(|_| vm_slot_in(&d, n, 1, &mut || panic!("a free slot was not taken")).unwrap())
             .collect();
         // The N+1st waits (threads: flocks of one process conflict between separate opens,
         // which is what each call makes).
         let (d3, (tx3, rx3)) = (d.clone(), mpsc::channel());
+        let t0 = Instant::now();
         let third = std::thread::spawn(move || {
-            let s = vm_slot_in(&d3, n, 1, &mut || {}).unwrap();
-            tx3.send(s.waited).unwrap();
+            let _s = vm_slot_in(&d3, n, 1, &mut || {}).unwrap();
+            tx3.send(t0.elapsed().as_secs_f64()).unwrap();
         });
         assert!(
             rx3.recv_timeout(Duration::from_millis(300)).is_err(),
@@ -191,9 +182,12 @@ mod tests {
             .expect("build never got the cores");
         assert!(rx3.try_recv().is_err(), "a VM overtook the waiting build");
         // While it builds, a new VM waits too; both run once it is done.
-        let mut waited = false;
+        let (mut waited, t1) = (false, Instant::now());
         let s = vm_slot_in(&d, n, 1, &mut || waited = true).unwrap();
-        assert!(waited && s.waited >= 0.1, "a VM ran beside a build");
+        assert!(
+            waited && t1.elapsed() >= Duration::from_millis(100),
+            "a VM ran beside a build"
+        );
         let w3 = rx3
             .recv_timeout(Duration::from_secs(5))
             .expect("the third VM never ran");

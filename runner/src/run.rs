@@ -473,9 +473,8 @@ fn run_boot(
         };
         let mut on_wait = || {
             (shared.borrow_mut())(Event::Notice(format!(
-                "boot {}: waiting for a core (a kernel build or {} other VMs hold them)",
-                b + 1,
-                crate::cores::slot_count()
+                "boot {}: waiting for a core (a kernel build or other VMs hold them)",
+                b + 1
             )))
         };
         let launched = vm::launch(&cfg, logs, &tag, opts.timeout, &mut tick, &mut on_wait)?;

@@ -644,8 +644,6 @@ pub struct Launched {
     /// Seconds from the start until the console log got its first byte (the host side of a
     /// boot: vng, initramfs, QEMU, firmware), when it got one.
     pub first_output: Option<f64>,
-    /// Seconds spent waiting for a core slot before the start.
-    pub slot_wait: f64,
     pub console_log: PathBuf,
     pub stdout_log: PathBuf,
 }
@@ -656,7 +654,6 @@ impl Launched {
             end: ProcessEnd::Interrupted,
             seconds: 0.0,
             first_output: None,
-            slot_wait: 0.0,
             console_log: console_log_path(log_dir, tag),
             stdout_log: log_dir.join(format!("{tag}.stdout.log")),
         }
@@ -687,7 +684,7 @@ pub fn launch(
         .with_context(|| format!("cannot create {}", console_log.display()))?;
     let stdout = std::fs::File::create(&stdout_log)
         .with_context(|| format!("cannot create {}", stdout_log.display()))?;
-    let slot = match crate::cores::vm_slot(cfg.cpus as usize, on_wait) {
+    let _slot = match crate::cores::vm_slot(cfg.cpus as usize, on_wait) {
         Ok(s) => s,
         Err(_) if INTERRUPTED.load(Ordering::SeqCst) => {
             return Ok(Launched::interrupted(log_dir, tag))
@@ -758,7 +755,6 @@ pub fn launch(
         end,
         seconds: start.elapsed().as_secs_f64(),
         first_output,
-        slot_wait: slot.waited,
         console_log,
         stdout_log,
     })
