@@ -765,6 +765,19 @@ pub struct CaseError {
     pub msg: String,
 }
 
+impl CaseError {
+    /// An error about the node at `path` of `text` (its line and column, where found).
+    pub fn at(text: &str, file: &str, path: &[Seg], msg: String) -> Self {
+        let at = locate(text, path);
+        CaseError {
+            file: file.into(),
+            line: at.map(|(l, _)| l),
+            col: at.map(|(_, c)| c),
+            msg,
+        }
+    }
+}
+
 /// Deserializes YAML; a syntax, type or unknown-key error becomes `file:line:col: message`.
 pub fn from_yaml<T: serde::de::DeserializeOwned>(text: &str, file: &str) -> Result<T, CaseError> {
     serde_yaml_ng::from_str(text).map_err(|e| {
@@ -789,13 +802,8 @@ pub fn parse(text: &str, file: &str) -> Result<Case, CaseError> {
     let case: Case =
         from_yaml(text, file).map_err(|e| locate_step_error(text, file).unwrap_or(e))?;
     case.validate().map_err(|e| {
-        let at = locate(text, &e.path);
-        CaseError {
-            file: file.into(),
-            line: at.map(|(l, _)| l),
-            col: at.map(|(_, c)| c),
-            msg: format!("{}: {}", render_path(&e.path), e.msg),
-        }
+        let msg = format!("{}: {}", render_path(&e.path), e.msg);
+        CaseError::at(text, file, &e.path, msg)
     })?;
     Ok(case)
 }

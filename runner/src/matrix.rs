@@ -152,35 +152,31 @@ impl Pair {
 pub fn parse(text: &str, file: &str) -> Result<Matrix, CaseError> {
     let m: Matrix = case::from_yaml(text, file)?;
     for (i, p) in m.pairs.iter().enumerate() {
-        if !m.kernels.contains_key(&p.kernel) {
-            let at = case::locate(
+        let err = |key, msg| {
+            Err(CaseError::at(
                 text,
-                &[Seg::Key("pairs"), Seg::Index(i), Seg::Key("kernel")],
-            );
-            return Err(CaseError {
-                file: file.into(),
-                line: at.map(|(l, _)| l),
-                col: at.map(|(_, c)| c),
-                msg: format!(
+                file,
+                &[Seg::Key("pairs"), Seg::Index(i), Seg::Key(key)],
+                msg,
+            ))
+        };
+        if !m.kernels.contains_key(&p.kernel) {
+            return err(
+                "kernel",
+                format!(
                     "pairs[{i}]: kernel `{}` is not defined under `kernels:`",
                     p.kernel
                 ),
-            });
+            );
         }
         if p.attempts == 0 || (p.attempts > 1 && p.verdict != VerdictExpect::Fail) {
-            let at = case::locate(
-                text,
-                &[Seg::Key("pairs"), Seg::Index(i), Seg::Key("attempts")],
-            );
-            return Err(CaseError {
-                file: file.into(),
-                line: at.map(|(l, _)| l),
-                col: at.map(|(_, c)| c),
-                msg: format!(
+            return err(
+                "attempts",
+                format!(
                     "pairs[{i}].attempts: {} — at least 1, and more only for `verdict: fail` (a PASS must hold every time)",
                     p.attempts
                 ),
-            });
+            );
         }
     }
     Ok(m)
