@@ -76,6 +76,23 @@ pub fn write_durable(dst: &Path, bytes: &[u8]) -> std::io::Result<()> {
     written
 }
 
+/// An exclusive `flock` on the file at `path` (created), held until the file is dropped; if
+/// another process holds it, `progress(waiting)` first, then the wait.
+pub fn lock_exclusive(
+    path: &Path,
+    waiting: &str,
+    progress: &mut dyn FnMut(&str),
+) -> anyhow::Result<std::fs::File> {
+    use anyhow::Context;
+    let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    if f.try_lock().is_err() {
+        progress(waiting);
+        f.lock()
+            .with_context(|| format!("locking {}", path.display()))?;
+    }
+    Ok(f)
+}
+
 /// Below this much free space the cache's file system counts as full.
 const LOW_SPACE: u64 = 256 << 20;
 

@@ -233,11 +233,11 @@ pub fn build(req: &BuildRequest, progress: &mut dyn FnMut(&str)) -> Result<Built
     }
 
     fs::create_dir_all(&bdir).with_context(|| format!("creating {}", bdir.display()))?;
-    let lock = fs::File::create(bdir.join("lock")).context("creating build lock")?;
-    if lock.try_lock().is_err() {
-        progress("waiting for another build in the same tree");
-        lock.lock().context("locking build tree")?;
-    }
+    let _lock = crate::cache::lock_exclusive(
+        &bdir.join("lock"),
+        "waiting for another build in the same tree",
+        progress,
+    )?;
     fs::write(bdir.join("source.txt"), format!("{}\n", ident.identity))?;
 
     let tree = bdir.join("tree");

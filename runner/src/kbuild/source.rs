@@ -251,13 +251,11 @@ pub(super) fn ensure_source(
             fs::create_dir_all(parent)?;
             let mut lock_name = dir.file_name().context("source dir has a name")?.to_owned();
             lock_name.push(".lock");
-            let lock_path = parent.join(lock_name);
-            let lock = fs::File::create(&lock_path)
-                .with_context(|| format!("creating {}", lock_path.display()))?;
-            if lock.try_lock().is_err() {
-                progress("waiting for another run fetching the same source");
-                lock.lock().context("locking the source fetch")?;
-            }
+            let _lock = crate::cache::lock_exclusive(
+                &parent.join(lock_name),
+                "waiting for another run fetching the same source",
+                progress,
+            )?;
             if complete() {
                 return Ok(tree);
             }
