@@ -49,13 +49,24 @@ pub fn marker(i: usize, edge: &str) -> String {
 }
 
 /// How many steps of the boot in `boot_dir` have finished (status or skipped), in order.
+/// Polled ~20 times a second while a boot runs: the boot dir is checked once, then one step
+/// dir and its marker per step (not every directory above every file).
 pub fn steps_finished(boot_dir: &Path, nsteps: usize) -> usize {
+    if !real_dir(boot_dir) {
+        return 0;
+    }
+    let plain = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_file());
     (0..nsteps)
         .take_while(|i| {
             let d = boot_dir.join(step_dir_name(*i));
-            guest_file(&d.join("status")) || guest_file(&d.join("skipped"))
+            real_dir(&d) && (plain(&d.join("status")) || plain(&d.join("skipped")))
         })
         .count()
+}
+
+/// `d` is a directory, not a link to one.
+fn real_dir(d: &Path) -> bool {
+    std::fs::symlink_metadata(d).is_ok_and(|m| m.file_type().is_dir())
 }
 
 /// True once the guest script of the boot in `boot_dir` has started.
@@ -452,10 +463,7 @@ pub fn guest_file(p: &Path) -> bool {
 /// Neither of the two directories above `p` (a step's or `facts/` dir, the boot's dir) is a
 /// link: the results dir itself is the host's.
 fn no_link_above(p: &Path) -> bool {
-    p.ancestors()
-        .skip(1)
-        .take(2)
-        .all(|d| std::fs::symlink_metadata(d).is_ok_and(|m| m.file_type().is_dir()))
+    p.ancestors().skip(1).take(2).all(real_dir)
 }
 
 /// The bytes of a plain file the guest wrote (at most [`MAX_GUEST_FILE`]); `None` for
