@@ -28,7 +28,8 @@ pub struct Request {
     pub trees: Vec<String>,
     /// Case names; empty: every case in `cases/`.
     pub cases: Vec<String>,
-    /// Extra kconfig fragments for every build (beside `kconfigs/dm-delay.config`).
+    /// Extra kconfig fragments for every build (beside `kconfigs/dm-delay.config` when a case
+    /// under review requires CONFIG_DM_DELAY).
     pub kconfigs: Vec<PathBuf>,
     pub jobs: usize,
     pub opts: run::RunOptions,
@@ -121,11 +122,17 @@ fn patch_files(patches: &[Patch]) -> Result<Vec<PathBuf>> {
         .collect()
 }
 
-/// The kconfig fragments of every review build: dm-delay (the write-ordering case needs
-/// it; it changes nothing else) and the request's own.
-fn fragments(req: &Request) -> Vec<String> {
+/// The kconfig fragments of every review build: dm-delay when a case under review requires
+/// it (the write-ordering case; otherwise the builds are the plain ones `matrix.yaml` and
+/// `kernel build` make, and share their cache entries), then the request's own.
+fn fragments(req: &Request, cases: &[LoadedCase]) -> Vec<String> {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kconfigs/dm-delay.config");
-    std::iter::once(repo.canonicalize().unwrap_or(repo))
+    let delay = cases
+        .iter()
+        .any(|(_, c, _)| c.requires.iter().any(|r| r == "CONFIG_DM_DELAY"));
+    delay
+        .then(|| repo.canonicalize().unwrap_or(repo))
+        .into_iter()
         .chain(req.kconfigs.iter().cloned())
         .map(|p| p.display().to_string())
         .collect()
@@ -155,7 +162,7 @@ pub fn review(req: &Request, ui: &(dyn Fn(&str) + Sync)) -> Result<Review> {
     let files = patch_files(&patches)?;
     let cases = load_cases(&req.cases)?;
     let choices = choose_trees(req, &patches, &mut |m| ui(m))?;
-    let frags = fragments(req);
+    let frags = fragments(req, &cases);
     let mut trees = Vec::new();
     let mut untestable = Vec::new();
     let mut jobs: Vec<Job> = Vec::new();
