@@ -5,7 +5,8 @@
 //! their outcome).  So each VM holds one of N *slots* (N = the host's cores) while it runs, and
 //! a build holds all of them: builds run alone, VMs run N at a time, across processes (`cargo
 //! test`'s threads, a `review`'s jobs, a `matrix` in another terminal).  Slots are `flock`s on
-//! files under `$TMPDIR/dmcache-vmtest-UID/cores` (per machine and user, whatever the cache root);
+//! files under `/tmp/dmcache-vmtest-UID/cores` (per machine and user, whatever the cache root or
+//! `TMPDIR`);
 //! the kernel drops them when a process dies, so a killed runner
 //! never leaves one held.  A builder first takes the *turnstile*, which new VMs pass through,
 //! so a stream of VMs cannot starve it.
@@ -30,11 +31,12 @@ pub fn slot_count() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// The lock files' directory (created): one per user and machine, not per cache root — two
-/// runs with different `DMCACHE_VMTEST_CACHE` still share the same cores.
+/// The lock files' directory (created): one per user and machine, not per cache root or
+/// `TMPDIR` — two runs with different `DMCACHE_VMTEST_CACHE` or `TMPDIR` (the interrupt trials
+/// use a private one) still share the same cores, and a private `TMPDIR` is left empty.
 fn dir() -> Result<PathBuf> {
     let uid = nix::unistd::getuid();
-    let d = std::env::temp_dir()
+    let d = Path::new("/tmp")
         .join(format!("dmcache-vmtest-{uid}"))
         .join("cores");
     std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
