@@ -64,6 +64,25 @@ pub struct Case {
     /// before it boots: a case that cannot see its bug there must not report a PASS.
     #[serde(default)]
     pub requires: Vec<String>,
+    /// How `crashpoints` reads the case's disk at a crash state (docs/crashpoints.md).
+    #[serde(default)]
+    pub crashpoints: Option<CrashpointsSpec>,
+}
+
+/// Where the cache's devices lie on the case's one disk, and when its workload is durable.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrashpointsSpec {
+    /// `[start, length]` in 512-byte sectors of the disk: the case's `linear` tables.
+    pub metadata: [u64; 2],
+    pub data: [u64; 2],
+    pub origin: [u64; 2],
+    /// The cache block size in sectors (the cache table's).
+    pub block_sectors: u64,
+    /// The step of the crash boot (a capture's or classification's name, or a step's `name`)
+    /// after which the workload's writes must survive: a state cut before that step ended
+    /// is judged by the host tier only (what was not yet made durable may be lost).
+    pub durable_after: String,
 }
 
 /// The text of a fixture file: inline, or a file beside the case.
@@ -1109,7 +1128,80 @@ impl Case {
         self.validate_files()?;
         let defined = self.validate_boots()?;
         self.validate_asserts(&defined)?;
-        self.validate_expect()
+        self.validate_expect()?;
+        self.validate_crashpoints()
+    }
+
+    /// The first boot that ends in a crash: the boot `crashpoints` records.
+    pub fn crash_boot(&self) -> Option<usize> {
+        self.boots.iter().position(|b| b.ends_in_crash())
+    }
+
+    /// The step of `boot` that `durable_after` names.
+    pub fn durable_step(&self, boot: usize, name: &str) -> Option<usize> {
+        self.boots[boot]
+            .steps
+            .iter()
+            .position(|s| s.defines() == Some(name) || s.name.as_deref() == Some(name))
+    }
+
+    /// `crashpoints:`: one disk, a crash boot (and so a recovery boot after it), the three
+    /// areas inside the disk and apart, whole cache blocks, a `durable_after` step there.
+    fn validate_crashpoints(&self) -> Result<(), VErr> {
+        use Seg::Key;
+        let Some(c) = &self.crashpoints else {
+            return Ok(());
+        };
+        let at = |k: &'static str| vec![Key("crashpoints"), Key(k)];
+        if self.disks.len() != 1 {
+            return verr(
+                at("metadata"),
+                format!(
+                    "crashpoints record one disk (one ordered write log); this case has {}",
+                    self.disks.len()
+                ),
+            );
+        }
+        let Some(cb) = self.crash_boot() else {
+            return verr(vec![Key("crashpoints")], "crashpoints need a boot that ends in `crash: sysrq-b` and one after it that recovers; this case has no crash".into());
+        };
+        if cb >= 8 || self.boots[..=cb].iter().any(|b| b.steps.len() > 255) {
+            return verr(
+                vec![Key("crashpoints")],
+                "crashpoints mark at most 8 boots of 255 steps up to the crash".into(),
+            );
+        }
+        let sectors = self.disks[0].size.0 / 512;
+        let areas = [
+            ("metadata", c.metadata),
+            ("data", c.data),
+            ("origin", c.origin),
+        ];
+        for (k, [start, len]) in areas {
+            if len == 0 || start.checked_add(len).is_none_or(|e| e > sectors) {
+                return verr(at(k), format!("[{start}, {len}] must be a non-empty range inside the disk's {sectors} sectors"));
+            }
+        }
+        for (i, (k, [s1, l1])) in areas.iter().enumerate() {
+            for (k2, [s2, l2]) in &areas[i + 1..] {
+                if s1 < &(s2 + l2) && s2 < &(s1 + l1) {
+                    return verr(at(k2), format!("overlaps `{k}`"));
+                }
+            }
+        }
+        if c.block_sectors == 0 || c.data[1] % c.block_sectors != 0 {
+            return verr(
+                at("block_sectors"),
+                format!(
+                    "{} must divide the data area's {} sectors",
+                    c.block_sectors, c.data[1]
+                ),
+            );
+        }
+        if self.durable_step(cb, &c.durable_after).is_none() {
+            return verr(at("durable_after"), format!("`{}` names no step of the crash boot `{}` (a capture's or classification's name, or a step's `name`)", c.durable_after, self.boots[cb].name));
+        }
+        Ok(())
     }
 
     /// The name, the kernel arguments and `requires:`.

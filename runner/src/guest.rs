@@ -243,9 +243,20 @@ pub fn render_script(
         if !guard.is_empty() {
             let _ = writeln!(s, "else mkdir -p \"{dir}\"; : > \"{dir}/skipped\"; fi");
         }
+        let _ = writeln!(s, "dmt_mark {}", mark_sector(b, i));
     }
     s.push_str("\ndmt_end\nexit 0\n");
     s
+}
+
+/// The mark-area sector the guest writes after step `i` of boot `b` in a recorded run.
+pub fn mark_sector(b: usize, i: usize) -> u64 {
+    (b * 256 + i) as u64
+}
+
+/// The (boot, step) whose mark is mark-area sector `m`.
+pub fn mark_step(m: u64) -> (usize, usize) {
+    ((m / 256) as usize, (m % 256) as usize)
 }
 
 /// Fixed helper functions of every guest script.  Every name the script uses is `dmt_…` or
@@ -286,6 +297,10 @@ modprobe -qa virtio_blk dm-mod dm-cache dm-cache-smq dm-cache-cleaner 2>/dev/nul
 dmsetup targets > "$R/facts/targets" 2>&1
 grep -q '^cache ' "$R/facts/targets" || dmt_fail "kernel has no dm-cache target (dmsetup targets: $(tr '\n' ' ' < "$R/facts/targets"))"
 command -v bash >/dev/null || dmt_fail "the guest has no bash (steps run in bash with pipefail)"
+# A recorded run (crashpoints) has a mark disk behind the same write log as the case's disk:
+# after each step one sector there (boot × 256 + step) marks where the step ended in the log.
+DMT_MARKS=$(dmt_disk dmtmarks) || DMT_MARKS=
+dmt_mark() { [ -z "$DMT_MARKS" ] || dd if=/dev/zero of="$DMT_MARKS" bs=512 count=1 seek="$1" oflag=direct 2>/dev/null; }
 "#;
 
 /// Where the versions of the guest's tools are read (once per run: every boot sees the same

@@ -11,6 +11,7 @@ pub mod case;
 pub mod check;
 pub mod console;
 pub mod cores;
+pub mod crashpoints;
 pub mod debian;
 pub mod doctor;
 pub mod guest;

@@ -213,9 +213,14 @@ pub fn persistence_states(log: &Log) -> Vec<CrashState> {
 }
 
 /// Per epoch (the writes after a persistence point, before the next), up to `n` distinct
-/// non-empty proper subsets of its writes, drawn from `seed`: the same seed gives the same
-/// states.
-pub fn epoch_samples(log: &Log, n: usize, seed: u64) -> Vec<CrashState> {
+/// non-empty proper subsets of its `eligible` writes, drawn from `seed`: the same seed gives
+/// the same states.
+pub fn epoch_samples(
+    log: &Log,
+    n: usize,
+    seed: u64,
+    eligible: &dyn Fn(&Entry) -> bool,
+) -> Vec<CrashState> {
     let mut rng = seed ^ 0x9e37_79b9_7f4a_7c15;
     let mut next = move || {
         // splitmix64
@@ -230,7 +235,10 @@ pub fn epoch_samples(log: &Log, n: usize, seed: u64) -> Vec<CrashState> {
     for w in states.windows(2) {
         let (start, end) = (w[0].durable, w[1].durable);
         let writes: Vec<usize> = (start..end)
-            .filter(|&i| log.entries[i].has_data() && !log.entries[i].is_persistence_point())
+            .filter(|&i| {
+                let e = &log.entries[i];
+                e.has_data() && !e.is_persistence_point() && eligible(e)
+            })
             .collect();
         if writes.len() < 2 {
             continue; // nothing between "none" and "all" of it
@@ -252,38 +260,87 @@ pub fn epoch_samples(log: &Log, n: usize, seed: u64) -> Vec<CrashState> {
     out
 }
 
-/// Writes what `state` keeps of the log in `log_file` onto `image` (a copy of the disk as it
-/// was when recording started): each kept write's data at its sector, a discard as zeros.
-pub fn apply(
-    log: &Log,
-    log_file: &mut std::fs::File,
-    state: &CrashState,
-    image: &mut std::fs::File,
-) -> Result<()> {
-    use std::io::Write;
-    let kept = (0..state.durable).chain(state.extra.iter().copied());
-    for i in kept {
-        let e = &log.entries[i];
-        let len = (e.nr_sectors * log.sectorsize) as usize;
-        if len == 0 {
-            continue;
+/// A crash state's disk as the writes it keeps, by 512-byte sector (whatever no kept write
+/// touched reads as zeros: recording starts on an empty sparse disk).  Built in memory from
+/// the log's bytes: no copy of the disk per state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overlay {
+    sectors: std::collections::BTreeMap<u64, Vec<u8>>,
+}
+
+pub const SECTOR: u64 = 512;
+
+impl Overlay {
+    /// The durable prefix of `state`, then its extra writes, in log order, of the writes below
+    /// sector `limit` (the mark area after it is not part of the disk).  `data`: the log file.
+    pub fn build(log: &Log, data: &[u8], state: &CrashState, limit: u64) -> Result<Overlay> {
+        let mut o = Overlay::default();
+        let unit = log.sectorsize / SECTOR;
+        for i in (0..state.durable).chain(state.extra.iter().copied()) {
+            let e = &log.entries[i];
+            if e.nr_sectors == 0 {
+                continue;
+            }
+            let first = e.sector * unit;
+            let n = e.nr_sectors * unit;
+            if first >= limit {
+                continue;
+            }
+            for k in 0..n.min(limit - first) {
+                let bytes = if e.flags & DISCARD != 0 {
+                    vec![0u8; SECTOR as usize]
+                } else {
+                    let at = (e.data_offset + k * SECTOR) as usize;
+                    data.get(at..at + SECTOR as usize)
+                        .with_context(|| format!("entry {i}: its data is past the end of the log"))?
+                        .to_vec()
+                };
+                o.sectors.insert(first + k, bytes);
+            }
         }
-        let data = if e.flags & DISCARD != 0 {
-            vec![0u8; len]
-        } else {
-            let mut d = vec![0u8; len];
-            log_file.seek(SeekFrom::Start(e.data_offset))?;
-            log_file
-                .read_exact(&mut d)
-                .with_context(|| format!("reading entry {i}'s data"))?;
-            d
-        };
-        image.seek(SeekFrom::Start(e.sector * log.sectorsize))?;
-        image
-            .write_all(&data)
-            .with_context(|| format!("writing entry {i} onto the image"))?;
+        // A sector of zeros reads like one never written: one state, however it got there.
+        o.sectors.retain(|_, b| b.iter().any(|&x| x != 0));
+        Ok(o)
     }
-    Ok(())
+
+    /// `count` sectors from `sector`.
+    pub fn read(&self, sector: u64, count: u64) -> Vec<u8> {
+        let mut out = vec![0u8; (count * SECTOR) as usize];
+        for (s, b) in self.sectors.range(sector..sector + count) {
+            let at = ((s - sector) * SECTOR) as usize;
+            out[at..at + SECTOR as usize].copy_from_slice(b);
+        }
+        out
+    }
+
+    /// SHA-256 of the contents: equal for states that leave the same disk.
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for (s, b) in &self.sectors {
+            h.update(s.to_le_bytes());
+            h.update(b);
+        }
+        format!("{:x}", h.finalize())
+    }
+
+    /// Writes the state as a sparse raw image of `bytes` at `path` (created, must not exist).
+    pub fn write_image(&self, path: &std::path::Path, bytes: u64) -> Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        f.set_len(bytes)?;
+        for (s, b) in &self.sectors {
+            f.seek(SeekFrom::Start(s * SECTOR))?;
+            f.write_all(b)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        f.sync_all()?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -408,30 +465,50 @@ mod tests {
             .map(CrashState::id)
             .collect();
         assert_eq!(ids, ["P0", "P4", "P7"]);
-        let s1 = epoch_samples(&log, 10, 42);
-        assert_eq!(s1, epoch_samples(&log, 10, 42), "seeded: reproducible");
+        let s1 = epoch_samples(&log, 10, 42, &|_| true);
+        assert_eq!(
+            s1,
+            epoch_samples(&log, 10, 42, &|_| true),
+            "seeded: reproducible"
+        );
         // The first epoch has 3 writes: at most 6 proper non-empty subsets; the second epoch
         // has one write besides its FUA, so nothing between none and all.
         assert!(!s1.is_empty() && s1.len() <= 6, "{s1:?}");
         assert!(s1
             .iter()
             .all(|s| s.durable == 0 && s.extra.iter().all(|i| *i < 3)));
-        // Applying P4 + entry 4 writes bytes 1,2,3 and 4; entry 6 (after) is not there.
-        let d = tempfile::tempdir().unwrap();
-        let (lp, ip) = (d.path().join("log"), d.path().join("img"));
-        std::fs::write(&lp, &b).unwrap();
-        std::fs::write(&ip, vec![0u8; 512 * 8]).unwrap();
-        let mut lf = std::fs::File::open(&lp).unwrap();
-        let mut img = std::fs::OpenOptions::new().write(true).open(&ip).unwrap();
+        // Only the eligible writes are sampled.
+        let odd = epoch_samples(&log, 10, 42, &|e| e.index != 0);
+        assert!(odd.iter().all(|s| !s.extra.contains(&0)), "{odd:?}");
+        // P4 + entry 4 keeps bytes 1,2,3 and 4; entry 6 (after) is not there.
         let st = CrashState {
             durable: 4,
             extra: vec![4],
         };
         assert_eq!(st.id(), "P4+4");
-        apply(&log, &mut lf, &st, &mut img).unwrap();
-        let got = std::fs::read(&ip).unwrap();
+        let o = Overlay::build(&log, &b, &st, 1 << 20).unwrap();
+        let got = o.read(0, 8);
         let firsts: Vec<u8> = (0..6).map(|s| got[s * 512]).collect();
         assert_eq!(firsts, [1, 2, 3, 4, 0, 0]);
+        // Sectors at or past the limit (the mark area) are not part of the disk.
+        let cut = Overlay::build(&log, &b, &st, 2).unwrap();
+        assert_eq!(cut.read(2, 1), vec![0u8; 512]);
+        // Equal contents, equal digests; a sparse image holds the same bytes.
+        let p4 = CrashState {
+            durable: 4,
+            extra: vec![],
+        };
+        let a = Overlay::build(&log, &b, &p4, 1 << 20).unwrap();
+        assert_ne!(a.digest(), o.digest());
+        assert_eq!(
+            a.digest(),
+            Overlay::build(&log, &b, &p4, 1 << 20).unwrap().digest()
+        );
+        let d = tempfile::tempdir().unwrap();
+        let img = d.path().join("img");
+        o.write_image(&img, 512 * 8).unwrap();
+        assert_eq!(std::fs::read(&img).unwrap(), got);
+        assert!(o.write_image(&img, 512 * 8).is_err(), "never overwrites");
     }
 
     #[test]

@@ -34,6 +34,9 @@ pub struct RunOptions {
     pub save_logs: Option<PathBuf>,
     /// Extra kernel command-line parameters for every boot.
     pub kernel_args: Vec<String>,
+    /// Record every write of every boot to `disks/<name>.log` (QEMU's blklogwrites, see
+    /// [`vm::Recording`]); the disk image then ends in the mark area.  `crashpoints` sets it.
+    pub record: bool,
 }
 
 impl RunOptions {
@@ -49,6 +52,7 @@ impl RunOptions {
             accel_override: None,
             save_logs: None,
             kernel_args: Vec::new(),
+            record: false,
         }
     }
 }
@@ -179,6 +183,7 @@ pub fn vm_config(
             .chain(&opts.kernel_args)
             .cloned()
             .collect(),
+        record: None,
     }
 }
 
@@ -293,7 +298,9 @@ impl SplatWatch {
 }
 
 /// Creates the work dir: `disks/*.img` (sparse), `results/`, `logs/`.
-fn make_workdir(case: &Case, opts: &RunOptions) -> Result<tempfile::TempDir> {
+/// A fresh work dir: `disks/` (sparse raw images of the case's sizes; recorded: with the mark
+/// area after each, and an empty write log beside it), `results/`, `logs/`.
+pub fn make_workdir(case: &Case, opts: &RunOptions) -> Result<tempfile::TempDir> {
     let parent = opts.work_parent.clone().unwrap_or_else(std::env::temp_dir);
     std::fs::create_dir_all(&parent)?;
     let dir = tempfile::Builder::new()
@@ -305,13 +312,22 @@ fn make_workdir(case: &Case, opts: &RunOptions) -> Result<tempfile::TempDir> {
     }
     for d in &case.disks {
         let f = std::fs::File::create(disk_path(dir.path(), &d.name))?;
-        f.set_len(d.size.0)?;
+        let marks = if opts.record { vm::MARK_BYTES } else { 0 };
+        f.set_len(d.size.0 + marks)?;
+        if opts.record {
+            std::fs::File::create(log_path(dir.path(), &d.name))?;
+        }
     }
     Ok(dir)
 }
 
-fn disk_path(work: &Path, name: &str) -> PathBuf {
+pub fn disk_path(work: &Path, name: &str) -> PathBuf {
     work.join("disks").join(format!("{name}.img"))
+}
+
+/// The write log of a recorded disk.
+pub fn log_path(work: &Path, name: &str) -> PathBuf {
+    work.join("disks").join(format!("{name}.log"))
 }
 
 /// Runs every boot of `case` on `kernel`.
@@ -324,31 +340,46 @@ pub fn run_case(
     crate::kernel::check_requires(kernel, &case.name, &case.requires)?;
     let start = Instant::now();
     let work = make_workdir(case, opts)?;
-    let results = work.path().join("results");
-    let logs = work.path().join("logs");
-    let mut values: BTreeMap<String, String> = BTreeMap::new();
-    let mut boots: Vec<BootOutcome> = Vec::new();
-    for b in 0..case.boots.len() {
+    let boots = match run_boots(
+        case,
+        kernel,
+        opts,
+        work.path(),
+        0..case.boots.len(),
+        Vec::new(),
+        events,
+    ) {
+        Ok(b) => b,
+        // Never lose disks the user asked to keep, even on an error.
+        Err(e) if opts.keep => {
+            let kept = work.keep();
+            return Err(e.context(format!("work dir kept at {}", kept.display())));
+        }
+        Err(e) => return Err(e),
+    };
+    finish_run(case, kernel, opts, work, boots, start)
+}
+
+/// Runs boots `range` of `case` in the work dir `work`, after the boots `prior` (already run,
+/// on these disks or on the state they left), and returns them all.  Stops after a boot that
+/// did not end as it should (reset or exit).
+pub fn run_boots(
+    case: &Case,
+    kernel: &Kernel,
+    opts: &RunOptions,
+    work: &Path,
+    range: std::ops::Range<usize>,
+    mut boots: Vec<BootOutcome>,
+    events: &mut dyn FnMut(Event),
+) -> Result<Vec<BootOutcome>> {
+    let results = work.join("results");
+    let logs = work.join("logs");
+    let records: Vec<&BootRecord> = boots.iter().map(|o| &o.record).collect();
+    let mut values = replay::replay(case, &records).values;
+    for b in range {
         let outcome = run_boot(
-            case,
-            b,
-            kernel,
-            opts,
-            work.path(),
-            &results,
-            &logs,
-            &values,
-            events,
-        );
-        let outcome = match outcome {
-            Ok(o) => o,
-            // Never lose disks the user asked to keep, even on an error.
-            Err(e) if opts.keep => {
-                let kept = work.keep();
-                return Err(e.context(format!("work dir kept at {}", kept.display())));
-            }
-            Err(e) => return Err(e),
-        };
+            case, b, kernel, opts, work, &results, &logs, &values, events,
+        )?;
         let go_on = matches!(outcome.end, BootEnd::Reset | BootEnd::Exited);
         boots.push(outcome);
         if !go_on {
@@ -358,6 +389,18 @@ pub fn run_case(
         let records: Vec<&BootRecord> = boots.iter().map(|o| &o.record).collect();
         values = replay::replay(case, &records).values;
     }
+    Ok(boots)
+}
+
+/// Keeps or removes the work dir, copies the logs (`--logs`), and makes the [`CaseRun`].
+pub fn finish_run(
+    case: &Case,
+    kernel: &Kernel,
+    opts: &RunOptions,
+    work: tempfile::TempDir,
+    boots: Vec<BootOutcome>,
+    start: Instant,
+) -> Result<CaseRun> {
     // Kept before the logs are copied: a failed copy must not cost the disks asked for.
     let (workdir, work_path) = if opts.keep {
         let kept = work.keep();
@@ -435,7 +478,7 @@ fn run_boot(
             .iter()
             .map(|d| (d.name.clone(), disk_path(work, &d.name)))
             .collect();
-        let cfg = vm_config(
+        let mut cfg = vm_config(
             case,
             kernel,
             opts,
@@ -443,6 +486,14 @@ fn run_boot(
             results,
             format!("sh {}", script.display()),
         );
+        if opts.record {
+            let d = &case.disks[0];
+            cfg.record = Some(vm::Recording {
+                log: log_path(work, &d.name),
+                append: b > 0 || attempt > 1,
+                disk_bytes: d.size.0,
+            });
+        }
         events(Event::BootStart {
             boot: b,
             boots: case.boots.len(),

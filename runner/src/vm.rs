@@ -46,7 +46,25 @@ pub struct VmConfig {
     pub udev: bool,
     /// Extra kernel command-line parameters (`--kernel-arg`), after the runner's own.
     pub kernel_args: Vec<String>,
+    /// Record every write to the (one) disk with QEMU's blklogwrites (`crashpoints`).
+    pub record: Option<Recording>,
 }
+
+/// How a disk is recorded: its image holds the case's `disk_bytes` and then
+/// [`MARK_BYTES`] of mark area, both seen through one blklogwrites node, so that the guest's
+/// step marks ([`MARK_SERIAL`]) and the case's writes are in one ordered log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recording {
+    pub log: PathBuf,
+    /// Continue the log of an earlier boot (`log-append=on`) instead of starting it.
+    pub append: bool,
+    pub disk_bytes: u64,
+}
+
+/// The mark area after a recorded disk: one 512-byte sector per step (boot × 256 + step).
+pub const MARK_BYTES: u64 = 1 << 20;
+/// The serial of the mark disk: the guest script writes a sector there after each step.
+pub const MARK_SERIAL: &str = "dmtmarks";
 
 fn kernel_args(kernel: &Path) -> Vec<String> {
     vec!["--run".into(), kernel.display().to_string()]
@@ -148,6 +166,15 @@ pub fn check_vm_config(cfg: &VmConfig) -> Result<()> {
     for (name, p) in &cfg.disks {
         check_shell_word(&format!("the disk image `{name}` ({work})"), p)?;
     }
+    if let Some(rec) = &cfg.record {
+        check_shell_word(&format!("the write log ({work})"), &rec.log)?;
+        if cfg.disks.len() != 1 {
+            bail!(
+                "recording writes needs exactly one disk (one ordered log), this boot has {}",
+                cfg.disks.len()
+            );
+        }
+    }
     if let Some(r) = &cfg.root {
         check_shell_word(&format!("the guest root (--image, {cache})"), r)?;
     }
@@ -202,6 +229,23 @@ fn disk_args(disks: &[(String, PathBuf)]) -> Vec<String> {
         .collect()
 }
 
+/// One recorded disk (see [`Recording`]): file → blklogwrites → two raw windows, the case's
+/// disk and the mark area, each a virtio-blk device with a write cache (so the guest sends
+/// the flushes and FUAs the log must see; `share-rw`: both windows write the one node).
+fn recorded_disk_args(name: &str, path: &Path, rec: &Recording) -> Vec<String> {
+    let dev = |node: &str, serial: &str| {
+        format!("-device virtio-blk-pci,drive={node},serial={serial},write-cache=on,share-rw=on")
+    };
+    let append = if rec.append { "on" } else { "off" };
+    vec![
+        format!("--qemu-opts=-blockdev driver=file,node-name=dmtf0,filename={}", path.display()),
+        format!("--qemu-opts=-blockdev driver=file,node-name=dmtl0,filename={}", rec.log.display()),
+        format!("--qemu-opts=-blockdev driver=blklogwrites,node-name=dmtw0,file=dmtf0,log=dmtl0,log-sector-size=512,log-append={append}"),
+        format!("--qemu-opts=-blockdev driver=raw,node-name=dmt0,file=dmtw0,offset=0,size={} {}", rec.disk_bytes, dev("dmt0", name)),
+        format!("--qemu-opts=-blockdev driver=raw,node-name=dmtm0,file=dmtw0,offset={},size={MARK_BYTES} {}", rec.disk_bytes, dev("dmtm0", MARK_SERIAL)),
+    ]
+}
+
 /// The host root stays read-only (never `--rw`); the results dir is the only writable share,
 /// at [`crate::guest::GUEST_RESULTS`] in the guest.  With an image root, the kernel's modules
 /// are mounted read-only into it.
@@ -233,7 +277,10 @@ pub fn vng_args(cfg: &VmConfig) -> Vec<String> {
         cfg.root.as_deref(),
         cfg.modules.as_ref(),
     ));
-    a.extend(disk_args(&cfg.disks));
+    match (&cfg.record, cfg.disks.as_slice()) {
+        (Some(rec), [(name, path)]) => a.extend(recorded_disk_args(name, path, rec)),
+        _ => a.extend(disk_args(&cfg.disks)),
+    }
     a.push("--exec".into());
     a.push(cfg.exec.clone());
     a
@@ -790,7 +837,34 @@ mod tests {
             modules: Some(("6.12".into(), "/k/lib/modules/6.12".into())),
             udev: false,
             kernel_args: vec![],
+            record: None,
         }
+    }
+
+    #[test]
+    fn a_recorded_disk_is_one_blklogwrites_node_under_the_disk_and_the_mark_area() {
+        let mut c = cfg();
+        c.record = Some(Recording {
+            log: "/w/disks/sdc.log".into(),
+            append: true,
+            disk_bytes: 256 << 20,
+        });
+        let a = vng_args(&c).join(" ");
+        assert!(!a.contains("-drive"), "{a}");
+        assert!(a.contains("driver=blklogwrites,node-name=dmtw0,file=dmtf0,log=dmtl0,log-sector-size=512,log-append=on"), "{a}");
+        assert!(a.contains("filename=/w/disks/sdc.log"), "{a}");
+        assert!(a.contains("offset=0,size=268435456 -device virtio-blk-pci,drive=dmt0,serial=sdc,write-cache=on,share-rw=on"), "{a}");
+        assert!(
+            a.contains(
+                "offset=268435456,size=1048576 -device virtio-blk-pci,drive=dmtm0,serial=dmtmarks"
+            ),
+            "{a}"
+        );
+        c.disks.push(("sdd".into(), "/w/disks/sdd.img".into()));
+        assert!(check_vm_config(&c)
+            .unwrap_err()
+            .to_string()
+            .contains("exactly one disk"));
     }
 
     #[test]
