@@ -830,6 +830,12 @@ boots:
         let mut carried = BTreeMap::new();
         carried.insert("v".to_string(), "x".to_string());
         let s = render_script(&c, 1, Path::new("/res"), &carried, ToolFacts::InGuest);
+        // dd's operands (`of=…`) are not shell assignments.
+        let s: String = s
+            .lines()
+            .filter(|l| !l.starts_with("dmt_mark()"))
+            .map(|l| format!("{l}\n"))
+            .collect();
         let assign = regex::Regex::new(r"(?m)(?:^|[;\s(])([a-z][a-z0-9_]*)=").unwrap();
         let reads = regex::Regex::new(r"\bread -r ((?:[a-z][a-z0-9_]* ?)+)").unwrap();
         let mut names: Vec<String> = assign.captures_iter(&s).map(|m| m[1].to_string()).collect();

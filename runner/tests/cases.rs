@@ -444,6 +444,68 @@ fn review_trial(patch: &str, tree: &str, cases: &str, want: &ReviewWant) -> Resu
     Ok(())
 }
 
+/// `crashpoints unclean_passthrough --kernel SPEC`: exit `want` (0 holds, 1 fails); a run that
+/// holds booted at least one durable state and passed it, a run that fails names a state
+/// whose re-run alone (`--state ID --host-only`) fails again.
+fn crashpoints_trial(spec: &str, want: i32) -> Result<(), Failed> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let json = dir.path().join("crashpoints.json");
+    let run = |extra: &[&str]| {
+        Command::new(BIN)
+            .current_dir(repo())
+            .args(["crashpoints", "unclean_passthrough", "--kernel", spec])
+            .args(extra)
+            .arg("--json")
+            .arg(&json)
+            .output()
+            .map_err(|e| format!("cannot run {BIN} crashpoints: {e}"))
+    };
+    let out = run(&[])?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    let code = out.status.code().unwrap_or(-1);
+    if code != want {
+        return Err(format!("crashpoints exited {code}, expected {want}:\n{text}").into());
+    }
+    let v: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&json).map_err(|e| format!("no JSON from crashpoints: {e}"))?,
+    )
+    .map_err(|e| e.to_string())?;
+    let states = v["states"].as_array().cloned().unwrap_or_default();
+    if states.len() < 5 || v["persistence_points"].as_u64().unwrap_or(0) < 3 {
+        return Err(
+            format!("too few states or persistence points to prove anything:\n{text}").into(),
+        );
+    }
+    if want == 0 {
+        let booted_pass = states.iter().any(|s| s["vm"] == "pass");
+        if !booted_pass {
+            return Err(format!("no durable state was booted and passed:\n{text}").into());
+        }
+        return Ok(());
+    }
+    let failed = states
+        .iter()
+        .find(|s| !s["host_failures"].as_array().is_none_or(|a| a.is_empty()))
+        .ok_or_else(|| format!("exit 1 but no state failed on the host:\n{text}"))?;
+    let id = failed["id"].as_str().unwrap_or_default().to_string();
+    let again = run(&["--state", &id, "--host-only"])?;
+    if again.status.code() != Some(1) {
+        return Err(format!(
+            "--state {id} alone exited {:?}, expected 1:\n{}{}",
+            again.status.code(),
+            String::from_utf8_lossy(&again.stdout),
+            String::from_utf8_lossy(&again.stderr)
+        )
+        .into());
+    }
+    Ok(())
+}
+
 /// Processes whose command line mentions `needle`: (pid, argv).
 fn processes_mentioning(needle: &str) -> Vec<(i32, Vec<String>)> {
     let mut out = Vec::new();
@@ -835,6 +897,30 @@ fn vm_trials(m: &Matrix, kernels: &Kernels) -> Vec<Trial> {
         })
         .with_ignored_flag(true),
     );
+    // Power loss: the stock Debian kernel and the 6.12 tree hold at every crash state; the
+    // tree with the superblock committed before the blocks it points to does not.
+    for (name, spec, want) in [
+        (
+            "crashpoints::unclean_passthrough@debian-6.12",
+            m.kernels["debian-6.12"].spec.clone(),
+            0,
+        ),
+        (
+            "crashpoints::unclean_passthrough@base-6.12",
+            m.kernels["base-6.12"].spec.clone(),
+            0,
+        ),
+        (
+            "crashpoints::unclean_passthrough@commit-without-flush-6.12",
+            format!(
+                "{},patches/negative-control-commit-without-flush-6.12.patch",
+                m.kernels["base-6.12"].spec
+            ),
+            1,
+        ),
+    ] {
+        trials.push(Trial::test(name, move || crashpoints_trial(&spec, want)));
+    }
     // Pairs on kernels built from source first: their (cold) build then has the cores to
     // itself instead of competing with TCG VMs; the other thread waits for the build lock.
     let mut pairs: Vec<&Pair> = m.pairs.iter().collect();
