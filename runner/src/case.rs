@@ -1527,6 +1527,42 @@ expect:
         parse(text, "bad.yaml").unwrap_err().to_string()
     }
 
+    const CRASHPOINTS: &str = "crashpoints:\n  metadata: [0, 8192]\n  data: [8192, 131072]\n  origin: [262144, 262144]\n  block_sectors: 128\n  durable_after: dirty\n";
+
+    #[test]
+    fn crashpoints_key_is_checked_where_it_is_written() {
+        let c = parse(&format!("{GOOD}{CRASHPOINTS}"), "t.yaml").unwrap();
+        assert_eq!(c.crash_boot(), Some(0));
+        assert_eq!(c.durable_step(0, "dirty"), Some(1));
+        let e = err_of(&format!(
+            "{GOOD}{}",
+            CRASHPOINTS.replace("durable_after: dirty", "durable_after: later")
+        ));
+        assert!(
+            e.contains("bad.yaml:35:") && e.contains("names no step of the crash boot"),
+            "{e}"
+        );
+        let e = err_of(&format!(
+            "{GOOD}{}",
+            CRASHPOINTS.replace("[262144, 262144]", "[262144, 262145]")
+        ));
+        assert!(e.contains("inside the disk"), "{e}");
+        let e = err_of(&format!(
+            "{GOOD}{}",
+            CRASHPOINTS.replace("[8192, 131072]", "[0, 131072]")
+        ));
+        assert!(e.contains("overlaps"), "{e}");
+        let e = err_of(&format!(
+            "{GOOD}{}",
+            CRASHPOINTS.replace("block_sectors: 128", "block_sectors: 100")
+        ));
+        assert!(e.contains("must divide"), "{e}");
+        // No crash: nothing to recover from.
+        let no_crash = GOOD.replace("      - crash: sysrq-b\n", "");
+        let e = err_of(&format!("{no_crash}{CRASHPOINTS}"));
+        assert!(e.contains("bad.yaml:") && e.contains("no crash"), "{e}");
+    }
+
     const FILES: &str =
         "files:\n  a.xml: |\n    <superblock/>\n  b.xml: { path: fixtures/b.xml }\n";
 

@@ -260,6 +260,27 @@ pub fn epoch_samples(
     out
 }
 
+/// A log of `log`'s entries in `order` (indices; left out = dropped), with their data from
+/// the log's bytes `data`: how a test mutates a recorded log (a flush removed, a write moved).
+pub fn encode(log: &Log, data: &[u8], order: &[usize]) -> Vec<u8> {
+    let ss = log.sectorsize as usize;
+    let mut out = vec![0u8; ss];
+    out[0..8].copy_from_slice(&MAGIC.to_le_bytes());
+    out[8..16].copy_from_slice(&VERSION.to_le_bytes());
+    out[16..24].copy_from_slice(&(order.len() as u64).to_le_bytes());
+    out[24..28].copy_from_slice(&(log.sectorsize as u32).to_le_bytes());
+    for &i in order {
+        let e = &log.entries[i];
+        let header = (e.data_offset as usize) - ss;
+        out.extend_from_slice(&data[header..header + ss]);
+        if e.flags & DISCARD == 0 {
+            let n = e.nr_sectors as usize * ss;
+            out.extend_from_slice(&data[e.data_offset as usize..e.data_offset as usize + n]);
+        }
+    }
+    out
+}
+
 /// A crash state's disk as the writes it keeps, by 512-byte sector (whatever no kept write
 /// touched reads as zeros: recording starts on an empty sparse disk).  Built in memory from
 /// the log's bytes: no copy of the disk per state.

@@ -818,6 +818,35 @@ fn host_trials(m: &Matrix) -> Vec<Trial> {
 
 /// Trials in real VMs: the guest protocol, the fixtures that must fail, the review trials,
 /// then every pair of the matrix (those on kernels built from source first).
+/// Power loss: the stock Debian kernel and the 6.12 tree hold at every crash state; the
+/// tree with the superblock committed before the blocks it points to does not.
+fn crashpoints_trials(m: &Matrix) -> Vec<Trial> {
+    let mut trials = Vec::new();
+    for (name, spec, want) in [
+        (
+            "crashpoints::unclean_passthrough@debian-6.12",
+            m.kernels["debian-6.12"].spec.clone(),
+            0,
+        ),
+        (
+            "crashpoints::unclean_passthrough@base-6.12",
+            m.kernels["base-6.12"].spec.clone(),
+            0,
+        ),
+        (
+            "crashpoints::unclean_passthrough@commit-without-flush-6.12",
+            format!(
+                "{},patches/negative-control-commit-without-flush-6.12.patch",
+                m.kernels["base-6.12"].spec
+            ),
+            1,
+        ),
+    ] {
+        trials.push(Trial::test(name, move || crashpoints_trial(&spec, want)));
+    }
+    trials
+}
+
 fn vm_trials(m: &Matrix, kernels: &Kernels) -> Vec<Trial> {
     let mut trials = Vec::new();
     let protocol_kernel = m
@@ -897,30 +926,7 @@ fn vm_trials(m: &Matrix, kernels: &Kernels) -> Vec<Trial> {
         })
         .with_ignored_flag(true),
     );
-    // Power loss: the stock Debian kernel and the 6.12 tree hold at every crash state; the
-    // tree with the superblock committed before the blocks it points to does not.
-    for (name, spec, want) in [
-        (
-            "crashpoints::unclean_passthrough@debian-6.12",
-            m.kernels["debian-6.12"].spec.clone(),
-            0,
-        ),
-        (
-            "crashpoints::unclean_passthrough@base-6.12",
-            m.kernels["base-6.12"].spec.clone(),
-            0,
-        ),
-        (
-            "crashpoints::unclean_passthrough@commit-without-flush-6.12",
-            format!(
-                "{},patches/negative-control-commit-without-flush-6.12.patch",
-                m.kernels["base-6.12"].spec
-            ),
-            1,
-        ),
-    ] {
-        trials.push(Trial::test(name, move || crashpoints_trial(&spec, want)));
-    }
+    trials.extend(crashpoints_trials(m));
     // Pairs on kernels built from source first: their (cold) build then has the cores to
     // itself instead of competing with TCG VMs; the other thread waits for the build lock.
     let mut pairs: Vec<&Pair> = m.pairs.iter().collect();

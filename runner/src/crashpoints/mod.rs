@@ -154,7 +154,7 @@ pub fn run(
     cp: &Options,
     events: &mut dyn FnMut(Event),
 ) -> Result<Report> {
-    let spec = case.crashpoints.as_ref().with_context(|| {
+    case.crashpoints.as_ref().with_context(|| {
         format!(
             "case `{}` has no `crashpoints:` block (where the cache lies on its disk, when its workload is durable): see docs/crashpoints.md",
             case.name
@@ -165,7 +165,7 @@ pub fn run(
     let disk_sectors = case.disks[0].size.0 / logwrites::SECTOR;
     let plan = plan(case, &rec.log, disk_sectors, cp)?;
     let host_start = Instant::now();
-    let mut results = host_tier(case, &rec, &plan, spec, events)?;
+    let mut results = host_tier(case, &rec.log, &rec.data, rec.work.path(), &plan, events)?;
     let host_seconds = host_start.elapsed().as_secs_f64();
     let vm_start = Instant::now();
     if cp.vm_tier {
@@ -202,13 +202,18 @@ pub fn run(
 /// the VM tier, the others are `same_as` it), its superblock and the host tier's failures.
 fn host_tier(
     case: &Case,
-    rec: &Recording,
+    log: &Log,
+    data: &[u8],
+    scratch_dir: &std::path::Path,
     plan: &Plan,
-    spec: &crate::case::CrashpointsSpec,
     events: &mut dyn FnMut(Event),
 ) -> Result<Vec<StateResult>> {
-    let scratch = rec.work.path().join("metadata.scratch");
-    let points = states::persistence_info(&rec.log, &rec.data, spec, plan.disk_sectors, &scratch)?;
+    let spec = case
+        .crashpoints
+        .as_ref()
+        .context("the case has no `crashpoints:`")?;
+    let scratch = scratch_dir.join("metadata.scratch");
+    let points = states::persistence_info(log, data, spec, plan.disk_sectors, &scratch)?;
     let mut seen: std::collections::BTreeMap<String, String> = Default::default();
     let mut results = Vec::new();
     let total = plan.states.len();
@@ -219,8 +224,8 @@ fn host_tier(
                 n + 1
             )));
         }
-        let o = Overlay::build(&rec.log, &rec.data, st, plan.disk_sectors)?;
-        let mut r = plan.describe(st, &rec.log, case);
+        let o = Overlay::build(log, data, st, plan.disk_sectors)?;
+        let mut r = plan.describe(st, log, case);
         r.digest = o.digest();
         if let Some(first) = seen.get(&r.digest) {
             r.same_as = Some(first.clone());
@@ -229,8 +234,8 @@ fn host_tier(
         }
         let ctx = states::HostCtx {
             points: &points,
-            log: &rec.log,
-            data: &rec.data,
+            log,
+            data,
             spec,
             scratch: &scratch,
         };
@@ -239,6 +244,20 @@ fn host_tier(
     }
     let _ = std::fs::remove_file(&scratch);
     Ok(results)
+}
+
+/// The host tier alone on a recorded log (its bytes `data`) of `case`: what `crashpoints
+/// --host-only` checks after recording.  `scratch_dir` receives a scratch file.
+pub fn check_log(
+    case: &Case,
+    data: &[u8],
+    cp: &Options,
+    scratch_dir: &std::path::Path,
+) -> Result<Vec<StateResult>> {
+    let log = logwrites::read(&mut std::io::Cursor::new(data), data.len() as u64)?;
+    let disk_sectors = case.disks[0].size.0 / logwrites::SECTOR;
+    let plan = plan(case, &log, disk_sectors, cp)?;
+    host_tier(case, &log, data, scratch_dir, &plan, &mut |_| {})
 }
 
 /// The VM tier for one state: its disk in a fresh work dir, the case's boots after the crash
@@ -376,4 +395,74 @@ pub fn render(r: &Report) -> String {
         }
     );
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The log `crashpoints unclean_passthrough --kernel build:debian:6.12=6.12.117-1~deb12u1`
+    /// recorded (xz; 25 entries: the cache created at 5–13, fio's 64 KiB at 15, the status
+    /// query's commit at 19–22: mapping array, flush, superblock, flush).
+    fn fixture() -> (Case, Vec<u8>) {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let out = std::process::Command::new("xz")
+            .arg("-dc")
+            .arg(root.join("tests/fixtures/unclean_passthrough-6.12.117.log.xz"))
+            .output()
+            .expect("xz (xz-utils) is needed for this test");
+        assert!(out.status.success());
+        let case = crate::case::load(&root.join("../cases/unclean_passthrough.yaml")).unwrap();
+        (case, out.stdout)
+    }
+
+    fn failing(case: &Case, data: &[u8], n: usize) -> Vec<StateResult> {
+        let d = tempfile::tempdir().unwrap();
+        let cp = Options {
+            states_per_epoch: n,
+            seed: 1,
+            only: None,
+            vm_tier: false,
+        };
+        check_log(case, data, &cp, d.path())
+            .unwrap()
+            .into_iter()
+            .filter(|s| s.failed())
+            .collect()
+    }
+
+    #[test]
+    fn the_stock_kernels_log_holds_and_its_mutations_are_caught() {
+        let (case, data) = fixture();
+        let log = logwrites::read(&mut std::io::Cursor::new(&data), data.len() as u64).unwrap();
+        let flags: Vec<u64> = log.entries.iter().map(|e| e.flags).collect();
+        assert_eq!((flags[20], flags[22], log.entries[21].sector), (1, 1, 0));
+        let stock = failing(&case, &data, 8);
+        assert!(stock.is_empty(), "{stock:#?}");
+        let order = |skip: &[usize], moves: &[(usize, usize)]| {
+            let mut o: Vec<usize> = (0..log.entries.len())
+                .filter(|i| !skip.contains(i))
+                .collect();
+            for &(what, before) in moves {
+                o.retain(|&i| i != what);
+                let at = o.iter().position(|&i| i == before).unwrap();
+                o.insert(at, what);
+            }
+            logwrites::encode(&log, &data, &o)
+        };
+        // The flush between the mapping array and the superblock removed: a subset of that
+        // epoch keeps the superblock without the array.
+        let no_flush = failing(&case, &order(&[20], &[]), 8);
+        assert!(
+            no_flush
+                .iter()
+                .any(|s| s.host_failures.iter().any(|f| f.contains("cache_check"))),
+            "{no_flush:#?}"
+        );
+        // The superblock moved before the flush that precedes its epoch: a persistence point
+        // (no sampling at all) has the superblock and not the array.
+        let moved = failing(&case, &order(&[], &[(21, 13)]), 0);
+        assert!(!moved.is_empty(), "the moved superblock went unnoticed");
+        assert!(moved.iter().all(|s| s.dropped.is_empty()), "{moved:#?}");
+    }
 }

@@ -283,3 +283,48 @@ pub fn host_check(o: &Overlay, st: &CrashState, ctx: &HostCtx) -> Result<(String
     failures.extend(host::unbacked_mappings(o, spec, mappings, &allowed));
     Ok((sb, failures))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log(flags: &[u64]) -> Log {
+        Log {
+            sectorsize: 512,
+            declared: flags.len() as u64,
+            entries: flags
+                .iter()
+                .enumerate()
+                .map(|(index, &flags)| Entry {
+                    index,
+                    sector: index as u64,
+                    nr_sectors: u64::from(flags == 0),
+                    flags,
+                    data_offset: 0,
+                    mark: None,
+                })
+                .collect(),
+            short: None,
+        }
+    }
+
+    #[test]
+    fn state_ids_parse_back_and_stay_inside_their_epoch() {
+        let l = log(&[0, 0, logwrites::FLUSH, 0, 0, logwrites::FLUSH]);
+        assert_eq!(next_point(&l, 0), 3);
+        assert_eq!(next_point(&l, 3), 6);
+        let st = parse_state("P3+3,4", &l).unwrap();
+        assert_eq!(st.id(), "P3+3,4");
+        assert_eq!(parse_state("P6", &l).unwrap().extra, Vec::<usize>::new());
+        for (bad, why) in [
+            ("3", "write P<entries>"),
+            ("P3+x", "write P<entries>"),
+            ("P9", "has 6 entries"),
+            ("P3+1", "not a write of the epoch 3..6"),
+            ("P0+3", "not a write of the epoch 0..3"),
+        ] {
+            let e = parse_state(bad, &l).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+}
