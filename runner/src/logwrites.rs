@@ -353,13 +353,19 @@ impl Overlay {
             .create_new(true)
             .open(path)
             .with_context(|| format!("creating {}", path.display()))?;
-        f.set_len(bytes)?;
-        for (s, b) in &self.sectors {
-            f.seek(SeekFrom::Start(s * SECTOR))?;
-            f.write_all(b)
-                .with_context(|| format!("writing {}", path.display()))?;
+        let written = (|| -> std::io::Result<()> {
+            f.set_len(bytes)?;
+            for (s, b) in &self.sectors {
+                f.seek(SeekFrom::Start(s * SECTOR))?;
+                f.write_all(b)?;
+            }
+            f.sync_all()
+        })();
+        // Nothing half-written is left behind (a full disk, say).
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(path);
+            return Err(e).with_context(|| format!("writing the state image {}", path.display()));
         }
-        f.sync_all()?;
         Ok(())
     }
 }

@@ -30,6 +30,10 @@ struct RunArgs {
     /// Write the verdict as JSON to FILE.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Record every write of every boot (QEMU's blklogwrites) into the work dir's
+    /// `disks/NAME.log`; needs `--keep` (the log is in the kept work dir).
+    #[arg(long)]
+    record: bool,
     #[command(flatten)]
     vm: VmArgs,
 }
@@ -627,8 +631,12 @@ fn cmd_review(
 fn cmd_case(name: &str, args: &RunArgs, verbose: bool) -> Result<i32> {
     let path = case::find(name)?;
     let case = case::load(&path)?;
+    if args.record && !args.vm.keep {
+        anyhow::bail!("--record writes its log into the work dir: add --keep to keep it");
+    }
     let k = resolve_kernel(&args.kernel)?;
-    let opts = run_options(&k, &args.vm)?;
+    let mut opts = run_options(&k, &args.vm)?;
+    opts.record = args.record;
     let mut progress = report::Progress::new(&case.name);
     let outcome = run::run_case(&case, &k, &opts, &mut |e| progress.event(e));
     progress.finish();

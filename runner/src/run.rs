@@ -340,7 +340,7 @@ pub fn run_case(
     crate::kernel::check_requires(kernel, &case.name, &case.requires)?;
     let start = Instant::now();
     let work = make_workdir(case, opts)?;
-    let boots = match run_boots(
+    let got = run_boots(
         case,
         kernel,
         opts,
@@ -348,16 +348,26 @@ pub fn run_case(
         0..case.boots.len(),
         Vec::new(),
         events,
-    ) {
-        Ok(b) => b,
-        // Never lose disks the user asked to keep, even on an error.
-        Err(e) if opts.keep => {
-            let kept = work.keep();
-            return Err(e.context(format!("work dir kept at {}", kept.display())));
-        }
-        Err(e) => return Err(e),
-    };
+    );
+    let (boots, work) = keep_on_error(work, opts.keep, got)?;
     finish_run(case, kernel, opts, work, boots, start)
+}
+
+/// `got` and the work dir; on an error the work dir is removed, or kept (and the error says
+/// where) when the user asked to keep it: never lose disks the user asked to keep.
+pub fn keep_on_error<T>(
+    work: tempfile::TempDir,
+    keep: bool,
+    got: Result<T>,
+) -> Result<(T, tempfile::TempDir)> {
+    match got {
+        Ok(v) => Ok((v, work)),
+        Err(e) if keep => {
+            let kept = work.keep();
+            Err(e.context(format!("work dir kept at {}", kept.display())))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Runs boots `range` of `case` in the work dir `work`, after the boots `prior` (already run,

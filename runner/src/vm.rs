@@ -236,11 +236,16 @@ fn recorded_disk_args(name: &str, path: &Path, rec: &Recording) -> Vec<String> {
     let dev = |node: &str, serial: &str| {
         format!("-device virtio-blk-pci,drive={node},serial={serial},write-cache=on,share-rw=on")
     };
-    let append = if rec.append { "on" } else { "off" };
+    // QEMU refuses log-sector-size with log-append=on (the log's superblock has it).
+    let log_opts = if rec.append {
+        "log-append=on"
+    } else {
+        "log-sector-size=512,log-append=off"
+    };
     vec![
         format!("--qemu-opts=-blockdev driver=file,node-name=dmtf0,filename={}", path.display()),
         format!("--qemu-opts=-blockdev driver=file,node-name=dmtl0,filename={}", rec.log.display()),
-        format!("--qemu-opts=-blockdev driver=blklogwrites,node-name=dmtw0,file=dmtf0,log=dmtl0,log-sector-size=512,log-append={append}"),
+        format!("--qemu-opts=-blockdev driver=blklogwrites,node-name=dmtw0,file=dmtf0,log=dmtl0,{log_opts}"),
         format!("--qemu-opts=-blockdev driver=raw,node-name=dmt0,file=dmtw0,offset=0,size={} {}", rec.disk_bytes, dev("dmt0", name)),
         format!("--qemu-opts=-blockdev driver=raw,node-name=dmtm0,file=dmtw0,offset={},size={MARK_BYTES} {}", rec.disk_bytes, dev("dmtm0", MARK_SERIAL)),
     ]
@@ -851,7 +856,11 @@ mod tests {
         });
         let a = vng_args(&c).join(" ");
         assert!(!a.contains("-drive"), "{a}");
-        assert!(a.contains("driver=blklogwrites,node-name=dmtw0,file=dmtf0,log=dmtl0,log-sector-size=512,log-append=on"), "{a}");
+        // (QEMU 10.0: "log-append and log-sector-size are mutually exclusive")
+        assert!(
+            a.contains("driver=blklogwrites,node-name=dmtw0,file=dmtf0,log=dmtl0,log-append=on "),
+            "{a}"
+        );
         assert!(a.contains("filename=/w/disks/sdc.log"), "{a}");
         assert!(a.contains("offset=0,size=268435456 -device virtio-blk-pci,drive=dmt0,serial=sdc,write-cache=on,share-rw=on"), "{a}");
         assert!(

@@ -101,6 +101,16 @@ struct Recording {
     seconds: f64,
 }
 
+/// A recorded log and its bytes; a damaged one is an error naming the entry.
+fn read_log(path: &std::path::Path) -> Result<(Log, Vec<u8>)> {
+    let log = logwrites::read_file(path)?;
+    if let Some(why) = &log.short {
+        bail!("the write log {} is damaged: {why}", path.display());
+    }
+    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok((log, data))
+}
+
 fn record(
     case: &Case,
     kernel: &Kernel,
@@ -112,7 +122,7 @@ fn record(
     let mut ro = opts.clone();
     ro.record = true;
     let work = run::make_workdir(case, &ro)?;
-    let boots = run::run_boots(
+    let got = run::run_boots(
         case,
         kernel,
         &ro,
@@ -120,23 +130,22 @@ fn record(
         0..cb + 1,
         Vec::new(),
         events,
-    )?;
-    let last = boots.last().expect("one boot at least");
-    if boots.len() != cb + 1 || last.end != BootEnd::Reset {
-        bail!(
-            "the recording run did not reach its crash: boot {} `{}` {} (run `case {}` on this kernel to see why)",
-            boots.len(),
-            last.name,
-            last.end.describe(),
-            case.name
-        );
-    }
-    let path = run::log_path(work.path(), &case.disks[0].name);
-    let log = logwrites::read_file(&path)?;
-    if let Some(why) = &log.short {
-        bail!("the write log {} is damaged: {why}", path.display());
-    }
-    let data = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    )
+    .and_then(|boots| {
+        let last = boots.last().expect("one boot at least");
+        if boots.len() != cb + 1 || last.end != BootEnd::Reset {
+            bail!(
+                "the recording run did not reach its crash: boot {} `{}` {} (run `case {}` on this kernel to see why)",
+                boots.len(),
+                last.name,
+                last.end.describe(),
+                case.name
+            );
+        }
+        let log = read_log(&run::log_path(work.path(), &case.disks[0].name))?;
+        Ok((boots, log))
+    });
+    let ((boots, (log, data)), work) = run::keep_on_error(work, opts.keep, got)?;
     Ok(Recording {
         work,
         boots,
@@ -161,6 +170,9 @@ pub fn run(
         )
     })?;
     crate::kernel::check_requires(kernel, &case.name, &case.requires)?;
+    if let Some(id) = &cp.only {
+        states::parse_id(id)?;
+    }
     let rec = record(case, kernel, opts, events)?;
     let disk_sectors = case.disks[0].size.0 / logwrites::SECTOR;
     let plan = plan(case, &rec.log, disk_sectors, cp)?;
@@ -179,6 +191,23 @@ pub fn run(
             r.vm = Some(status);
             r.vm_failures = failures;
             r.kept = kept;
+        }
+    }
+    // One state asked for and kept: its disk beside the recording, for a look with the tools.
+    if opts.keep && cp.only.is_some() {
+        for (r, st) in results
+            .iter_mut()
+            .zip(&plan.states)
+            .filter(|(r, _)| r.kept.is_none())
+        {
+            let img = rec
+                .work
+                .path()
+                .join("disks")
+                .join(format!("state-{}.img", r.id.replace(['+', ','], "_")));
+            Overlay::build(&rec.log, &rec.data, st, disk_sectors)?
+                .write_image(&img, case.disks[0].size.0)?;
+            r.kept = Some(img);
         }
     }
     let release = rec.boots[0].record.release.clone();
@@ -278,7 +307,7 @@ fn vm_state(
     std::fs::remove_file(&disk)?;
     Overlay::build(&rec.log, &rec.data, st, disk_sectors)?
         .write_image(&disk, case.disks[0].size.0)?;
-    let boots = run::run_boots(
+    let got = run::run_boots(
         case,
         kernel,
         opts,
@@ -286,7 +315,8 @@ fn vm_state(
         cb + 1..case.boots.len(),
         rec.boots.clone(),
         events,
-    )?;
+    );
+    let (boots, work) = run::keep_on_error(work, opts.keep, got)?;
     let run = run::finish_run(case, kernel, opts, work, boots, start)?;
     let v = check::evaluate(case, &run);
     let failures = v.failures.iter().map(|f| f.what.clone()).collect();

@@ -41,6 +41,20 @@ fn marks(log: &Log, disk_sectors: u64) -> BTreeMap<usize, (usize, usize)> {
 /// Parses a state id (`P12` or `P12+14,15`) and checks it against the log: the extras are
 /// writes of the epoch after the durable prefix.
 pub fn parse_state(id: &str, log: &Log) -> Result<CrashState> {
+    let st = parse_id(id)?;
+    let durable = st.durable;
+    if durable > log.entries.len() {
+        bail!("state `{id}`: the log has {} entries", log.entries.len());
+    }
+    let next = next_point(log, durable);
+    if let Some(e) = st.extra.iter().find(|&&e| e < durable || e >= next) {
+        bail!("state `{id}`: entry {e} is not a write of the epoch {durable}..{next}");
+    }
+    Ok(st)
+}
+
+/// A state id's syntax alone (checked before anything is recorded).
+pub fn parse_id(id: &str) -> Result<CrashState> {
     let bad = || {
         anyhow::anyhow!(
             "state `{id}`: write P<entries> or P<entries>+<entry>,<entry>… as a report prints it"
@@ -57,13 +71,6 @@ pub fn parse_state(id: &str, log: &Log) -> Result<CrashState> {
         None => (rest, vec![]),
     };
     let durable: usize = d.parse().map_err(|_| bad())?;
-    if durable > log.entries.len() {
-        bail!("state `{id}`: the log has {} entries", log.entries.len());
-    }
-    let next = next_point(log, durable);
-    if let Some(e) = extra.iter().find(|&&e| e < durable || e >= next) {
-        bail!("state `{id}`: entry {e} is not a write of the epoch {durable}..{next}");
-    }
     Ok(CrashState { durable, extra })
 }
 
