@@ -199,23 +199,10 @@ impl Matrix {
 
 /// Paths inside `build:` specs are relative to the matrix file's directory.
 fn anchor_spec(spec: &str, dir: &Path) -> String {
-    let Some(rest) = spec.strip_prefix("build:") else {
-        return spec.to_string();
-    };
-    let parts: Vec<String> = rest
-        .split(',')
-        .enumerate()
-        .map(|(i, item)| {
-            // the source is `debian:X` or a directory; the rest are files
-            let is_path = !(i == 0 && item.starts_with("debian:"));
-            if is_path && !item.is_empty() && Path::new(item).is_relative() {
-                dir.join(item).display().to_string()
-            } else {
-                item.to_string()
-            }
-        })
-        .collect();
-    format!("build:{}", parts.join(","))
+    match crate::kernel::KernelSpec::parse(spec) {
+        Ok(k @ crate::kernel::KernelSpec::Build { .. }) => k.anchored(dir).render(),
+        _ => spec.to_string(),
+    }
 }
 
 pub fn load(path: &Path) -> Result<Matrix> {

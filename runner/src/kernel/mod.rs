@@ -77,6 +77,57 @@ impl KernelSpec {
     }
 }
 
+impl KernelSpec {
+    /// The spec as one writes it: [`KernelSpec::parse`]'s inverse.
+    pub fn render(&self) -> String {
+        match self {
+            KernelSpec::Image { image, modules } => match modules {
+                Some(m) => format!("{},modules={}", image.display(), m.display()),
+                None => image.display().to_string(),
+            },
+            KernelSpec::Dir(d) => d.display().to_string(),
+            KernelSpec::Debian(v) => format!("debian:{v}"),
+            KernelSpec::Build { src, patches } => {
+                let mut s = format!("build:{src}");
+                for p in patches {
+                    s.push(',');
+                    s.push_str(&p.display().to_string());
+                }
+                s
+            }
+        }
+    }
+
+    /// A `build:` spec with its relative paths (a source directory, patches, fragments) taken
+    /// from `dir` — how a matrix file's specs are read; other specs as they are.
+    pub fn anchored(self, dir: &Path) -> KernelSpec {
+        let KernelSpec::Build { src, patches } = self else {
+            return self;
+        };
+        let rebase = |p: &Path| {
+            if p.is_relative() {
+                dir.join(p)
+            } else {
+                p.to_path_buf()
+            }
+        };
+        let src = if is_debian_source(&src) {
+            src
+        } else {
+            rebase(Path::new(&src)).display().to_string()
+        };
+        KernelSpec::Build {
+            src,
+            patches: patches.iter().map(|p| rebase(p)).collect(),
+        }
+    }
+}
+
+/// Whether a `build:` source is Debian's (`debian:…`) rather than a directory.
+pub fn is_debian_source(src: &str) -> bool {
+    src.starts_with("debian:")
+}
+
 /// How dm-cache is present in a kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -430,6 +481,26 @@ fn from_image(image: &Path, modules: Option<&Path>, label: &str) -> Result<Kerne
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_spec_renders_back_and_anchors_its_paths() {
+        for spec in [
+            "debian:6.12.117+deb12",
+            "build:debian:6.12=6.12.117-1~deb12u1,patches/a.patch,kconfigs/kasan.config",
+        ] {
+            assert_eq!(KernelSpec::parse(spec).unwrap().render(), spec);
+        }
+        let d = Path::new("/repo");
+        let k = KernelSpec::parse("build:debian:6.12,patches/a.patch,/abs.patch").unwrap();
+        assert_eq!(
+            k.anchored(d).render(),
+            "build:debian:6.12,/repo/patches/a.patch,/abs.patch"
+        );
+        let k = KernelSpec::parse("build:src,x.config").unwrap();
+        assert_eq!(k.anchored(d).render(), "build:/repo/src,/repo/x.config");
+        let k = KernelSpec::parse("debian:6.1.0-56").unwrap();
+        assert_eq!(k.clone().anchored(d), k);
+    }
     use super::*;
 
     #[test]

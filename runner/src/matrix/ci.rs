@@ -121,16 +121,19 @@ fn series(source: &str) -> String {
 
 /// The parts of a (matrix-anchored) `build:` spec relative to `base`: source, fragments, patches.
 fn split_build_spec(spec: &str, base: &Path) -> Option<(String, Vec<String>, Vec<String>)> {
-    let rest = spec.strip_prefix("build:")?;
-    let mut items = rest.split(',').filter(|s| !s.is_empty());
-    let src = items.next()?;
-    let src = if src.starts_with("debian:") {
-        src.to_string()
-    } else {
-        relative(Path::new(src), base)
+    let Ok(crate::kernel::KernelSpec::Build { src, patches }) =
+        crate::kernel::KernelSpec::parse(spec)
+    else {
+        return None;
     };
-    let (kconfigs, patches): (Vec<String>, Vec<String>) = items
-        .map(|i| relative(Path::new(i), base))
+    let src = if crate::kernel::is_debian_source(&src) {
+        src
+    } else {
+        relative(Path::new(&src), base)
+    };
+    let (kconfigs, patches): (Vec<String>, Vec<String>) = patches
+        .iter()
+        .map(|i| relative(i, base))
         .partition(|i| i.ends_with(".config"));
     Some((src, kconfigs, patches))
 }
