@@ -254,7 +254,7 @@ fn judge_steps(
     facts: &[replay::StepFact],
     pass: &mut BootPass,
 ) -> Vec<StepSummary> {
-    let ended_as_planned = matches!(out.end, BootEnd::Exited | BootEnd::Reset);
+    let ended_as_planned = out.end.as_planned();
     let mut steps = Vec::new();
     let mut unreached_reported = false;
     for (i, (step, f)) in boot.steps.iter().zip(facts).enumerate() {
@@ -580,11 +580,8 @@ pub fn evaluate(case: &Case, run: &CaseRun) -> Verdict {
     let records: Vec<&BootRecord> = run.boots.iter().map(|o| &o.record).collect();
     let rp = replay::replay(case, &records);
     let mut pass = judge_boots(case, run, &rp);
-    let boots_ok = run.boots.len() == case.boots.len()
-        && run
-            .boots
-            .iter()
-            .all(|o| matches!(o.end, BootEnd::Exited | BootEnd::Reset));
+    let boots_ok =
+        run.boots.len() == case.boots.len() && run.boots.iter().all(|o| o.end.as_planned());
     pass.failures
         .extend(assertion_failures(case, run, &rp.values, boots_ok));
     let facts = kernel_facts(run);
@@ -710,7 +707,7 @@ mod tests {
             let record = guest::read_boot(tmp.path(), b, case.boots[b].steps.len(), &console);
             let process = ProcessEnd::Exited(if crash { 255 } else { 0 });
             let end = crate::run::boot_end(case, b, &record, &scan, process);
-            let go_on = matches!(end, BootEnd::Reset | BootEnd::Exited);
+            let go_on = end.as_planned();
             boots.push(BootOutcome {
                 name: case.boots[b].name.clone(),
                 record,

@@ -433,8 +433,7 @@ fn cmd_kernel_fetch(spec: &str) -> Result<i32> {
 fn cmd_bench(b: &BenchArgs) -> Result<i32> {
     let (name, runs, compare, args) = (&b.name, b.runs, &b.compare, &b.args);
     let case = case::load(&case::find(name)?)?;
-    let k = resolve_kernel(&args.kernel)?;
-    let opts = run_options(&k, &args.vm)?;
+    let (k, opts) = prepare(&args.kernel, &args.vm)?;
     let p = report::Progress::new("bench");
     p.message(&format!(
         "{runs} bare boots, then {} {runs} times",
@@ -449,8 +448,7 @@ fn cmd_bench(b: &BenchArgs) -> Result<i32> {
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     if let Some(other) = compare {
-        let k2 = resolve_kernel(other)?;
-        let mut o2 = run_options(&k2, &args.vm)?;
+        let (k2, mut o2) = prepare(other, &args.vm)?;
         o2.root = opts.root.clone();
         let b2 = dmcache_vmtest::bench::bare_boots(&case, &k2, &o2, runs)?;
         let med = |v: &[dmcache_vmtest::bench::Phases]| {
@@ -575,13 +573,17 @@ fn resolve_kernel(spec: &str) -> Result<kernel::Kernel> {
     k
 }
 
-/// VM options from the flags; decides KVM or TCG (one notice on fallback).
-fn run_options(k: &kernel::Kernel, args: &VmArgs) -> Result<run::RunOptions> {
-    let (accel, notice) = vm::choose_accel(&k.image)?;
+/// The kernel (fetched or built, with a progress line) and the VM options from the flags for
+/// it; KVM or TCG decided by [`kernel::prepare`] (one notice on fallback).
+fn prepare(spec: &str, args: &VmArgs) -> Result<(kernel::Kernel, run::RunOptions)> {
+    let p = report::Progress::new("kernel");
+    let got = kernel::prepare(spec, None, &mut |m| p.message(m));
+    p.finish();
+    let (k, accel, notice) = got?;
     if let Some(n) = notice {
         eprintln!("note: {n}");
     }
-    vm_options(accel, args)
+    Ok((k, vm_options(accel, args)?))
 }
 
 /// VM options from the flags, for `accel`.
@@ -634,8 +636,7 @@ fn cmd_case(name: &str, args: &RunArgs, verbose: bool) -> Result<i32> {
     if args.record && !args.vm.keep {
         anyhow::bail!("--record writes its log into the work dir: add --keep to keep it");
     }
-    let k = resolve_kernel(&args.kernel)?;
-    let mut opts = run_options(&k, &args.vm)?;
+    let (k, mut opts) = prepare(&args.kernel, &args.vm)?;
     opts.record = args.record;
     let mut progress = report::Progress::new(&case.name);
     let outcome = run::run_case(&case, &k, &opts, &mut |e| progress.event(e));
@@ -653,8 +654,7 @@ fn cmd_case(name: &str, args: &RunArgs, verbose: bool) -> Result<i32> {
 fn cmd_crashpoints(a: &CrashpointsArgs) -> Result<i32> {
     use dmcache_vmtest::crashpoints;
     let case = case::load(&case::find(&a.name)?)?;
-    let k = resolve_kernel(&a.run.kernel)?;
-    let opts = run_options(&k, &a.run.vm)?;
+    let (k, opts) = prepare(&a.run.kernel, &a.run.vm)?;
     let cp = crashpoints::Options {
         states_per_epoch: a.states,
         seed: a.seed,
@@ -806,8 +806,7 @@ fn cmd_bisect(
     }
     eprintln!("{} kernels: {}", specs.len(), specs.join(" "));
     let mut runner = |spec: &str| -> Result<bisect::Outcome> {
-        let k = resolve_kernel(spec)?;
-        let opts = run_options(&k, vm_args)?;
+        let (k, opts) = prepare(spec, vm_args)?;
         let mut progress = report::Progress::new(&format!("{} on {spec}", case.name));
         let outcome = run::run_case(&case, &k, &opts, &mut |e| progress.event(e));
         progress.finish();

@@ -393,14 +393,10 @@ pub fn run(
             if crate::vm::INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
                 anyhow::bail!("interrupted");
             }
-            let spec = crate::kernel::KernelSpec::parse(&k.spec)?;
-            let resolved = crate::kernel::resolve(&spec, &k.spec, &mut |msg| {
-                ui(&format!("kernel {name}: {msg}"), None)
-            })?;
-            let (accel, notice) = match base.accel_override {
-                Some(a) => (a, None),
-                None => crate::vm::choose_accel(&resolved.image)?,
-            };
+            let (resolved, accel, notice) =
+                crate::kernel::prepare(&k.spec, base.accel_override, &mut |msg| {
+                    ui(&format!("kernel {name}: {msg}"), None)
+                })?;
             if let Some(n) = notice {
                 ui(&format!("note: {n}"), None);
             }

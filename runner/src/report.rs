@@ -3,7 +3,7 @@
 
 use crate::check::{Status, Verdict};
 use crate::matrix::{Coverage, CoverageCell, CoverageRow};
-use crate::run::{BootEnd, Event};
+use crate::run::Event;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -66,11 +66,7 @@ impl Progress {
                     .set_message(format!("{}: step {}/{steps} {label}", self.boot, step + 1));
             }
             Event::BootEnd { end, seconds, .. } => {
-                let mark = if matches!(end, BootEnd::Exited | BootEnd::Reset) {
-                    "✓"
-                } else {
-                    "✗"
-                };
+                let mark = if end.as_planned() { "✓" } else { "✗" };
                 self.bar.println(format!(
                     "{mark} {} {}: {} ({seconds:.1} s)",
                     self.prefix,

@@ -103,6 +103,13 @@ pub enum BootEnd {
 }
 
 impl BootEnd {
+    /// The boot went to an end the guest script reaches: it exited after its last step or reset
+    /// at its `crash` step (which of the two the case planned, [`crate::check`] checks).  Only
+    /// then do the next boot, and the verdict, look at what it left.
+    pub fn as_planned(&self) -> bool {
+        matches!(self, BootEnd::Exited | BootEnd::Reset)
+    }
+
     pub fn describe(&self) -> String {
         match self {
             BootEnd::Exited => "exited".into(),
@@ -390,7 +397,7 @@ pub fn run_boots(
         let outcome = run_boot(
             case, b, kernel, opts, work, &results, &logs, &values, events,
         )?;
-        let go_on = matches!(outcome.end, BootEnd::Reset | BootEnd::Exited);
+        let go_on = outcome.end.as_planned();
         boots.push(outcome);
         if !go_on {
             break;

@@ -62,10 +62,9 @@ fn get_kernel(kernels: &Kernels, spec: &str) -> Result<(kernel::Kernel, vm::Acce
     let mut map = kernels.lock().unwrap();
     map.entry(spec.to_string())
         .or_insert_with(|| {
-            let parsed = kernel::KernelSpec::parse(spec).map_err(|e| format!("{e:#}"))?;
-            let k = kernel::resolve(&parsed, spec, &mut |m| eprintln!("[{spec}] {m}"))
-                .map_err(|e| format!("cannot get kernel {spec}: {e:#}"))?;
-            let (accel, notice) = vm::choose_accel(&k.image).map_err(|e| format!("{e:#}"))?;
+            let (k, accel, notice) =
+                kernel::prepare(spec, None, &mut |m| eprintln!("[{spec}] {m}"))
+                    .map_err(|e| format!("cannot get kernel {spec}: {e:#}"))?;
             if let Some(n) = notice {
                 eprintln!("[{spec}] note: {n}");
             }

@@ -344,6 +344,23 @@ fn dm_cache_support(
 }
 
 /// Resolves a spec to a bootable kernel (fetching or building it when needed).
+/// A kernel ready to boot and its accelerator, from a spec as the user wrote it: parse, fetch
+/// or build (`progress` gets their lines), then the KVM probe unless `accel` is given.  The
+/// third value is the probe's fallback notice (TCG, and why), for the caller to show once.
+pub fn prepare(
+    spec: &str,
+    accel: Option<crate::vm::Accel>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(Kernel, crate::vm::Accel, Option<String>)> {
+    let parsed = KernelSpec::parse(spec)?;
+    let k = resolve(&parsed, spec, progress)?;
+    let (accel, notice) = match accel {
+        Some(a) => (a, None),
+        None => crate::vm::choose_accel(&k.image)?,
+    };
+    Ok((k, accel, notice))
+}
+
 pub fn resolve(spec: &KernelSpec, label: &str, progress: &mut dyn FnMut(&str)) -> Result<Kernel> {
     match spec {
         KernelSpec::Dir(d) => from_dir(d, label),

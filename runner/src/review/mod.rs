@@ -144,12 +144,7 @@ struct Side {
 }
 
 fn build_side(spec: &str, progress: &mut dyn FnMut(&str)) -> Side {
-    let got = (|| -> Result<_> {
-        let parsed = kernel::KernelSpec::parse(spec)?;
-        let k = kernel::resolve(&parsed, spec, progress)?;
-        let (accel, _) = vm::choose_accel(&k.image)?;
-        Ok((k, accel))
-    })();
+    let got = kernel::prepare(spec, None, progress).map(|(k, accel, _)| (k, accel));
     Side {
         kernel: got.map_err(|e| format!("{e:#}")),
     }
