@@ -59,7 +59,8 @@ struct CrashpointsArgs {
     run: RunArgs,
 }
 
-/// How each VM of a run is set up (`case`, `bench`, `bisect`).
+/// How each VM of a run is set up: every command that boots (`case`, `crashpoints`, `matrix`,
+/// `bench`, `bisect`, `review`).
 #[derive(clap::Args, Clone)]
 struct VmArgs {
     /// Keep disk images, results and console logs, and print where.
@@ -193,16 +194,9 @@ struct MatrixArgs {
     /// case's property held; Markdown to FILE, JSON to FILE with `.json` appended.
     #[arg(long)]
     coverage: Option<PathBuf>,
-    #[arg(long)]
-    keep: bool,
-    #[arg(long, default_value_t = 600)]
-    timeout: u64,
     /// Only these kernels (names in the matrix, comma-separated).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-    /// Guest userspace image (see `image build`).
-    #[arg(long)]
-    image: Option<String>,
     /// Copy every run's console logs and results (not the disks) under DIR.
     #[arg(long)]
     logs: Option<PathBuf>,
@@ -223,6 +217,8 @@ struct MatrixArgs {
     /// (`--coverage F` writes F.json) and run nothing.
     #[arg(long, value_name = "JSON", num_args = 1..)]
     merge_coverage: Vec<PathBuf>,
+    #[command(flatten)]
+    vm: VmArgs,
 }
 
 #[derive(clap::Args)]
@@ -489,15 +485,9 @@ fn cmd_matrix(a: &MatrixArgs) -> Result<i32> {
     if !a.only.is_empty() {
         m = m.only(&a.only)?;
     }
-    let mut opts = run::RunOptions::new(vm::Accel::Tcg);
-    opts.keep = a.keep;
-    opts.timeout = Duration::from_secs(a.timeout);
+    // Each kernel's accelerator is probed (or DMCACHE_VMTEST_ACCEL) as it is prepared.
+    let mut opts = vm_options(vm::Accel::Tcg, &a.vm)?;
     opts.save_logs = a.logs.clone();
-    opts.root = a
-        .image
-        .as_deref()
-        .map(dmcache_vmtest::image::resolve)
-        .transpose()?;
     let jobs = a.jobs.unwrap_or_else(dmcache_vmtest::matrix::default_jobs);
     let ui = report::MultiUi::new();
     // Every pair gets a row: a host error (kernel fetch, …) is that pair's ERROR.
