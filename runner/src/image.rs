@@ -38,7 +38,7 @@ pub fn load_recipe(name: &str) -> Result<(Recipe, String)> {
     let path = recipes_dir().join(format!("{name}.yaml"));
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("no image recipe `{name}` ({} not readable)", path.display()))?;
-    let r: Recipe = crate::case::from_yaml(&text, &path.display().to_string())?;
+    let r: Recipe = crate::yaml::from_yaml(&text, &path.display().to_string())?;
     if r.name != name {
         bail!(
             "{}: name `{}` does not match the file name",

@@ -26,3 +26,4 @@ pub mod report;
 pub mod review;
 pub mod run;
 pub mod vm;
+pub mod yaml;

@@ -19,7 +19,8 @@
 //!                                    # failure: [kernel splat, data loss]
 //! ```
 
-use crate::case::{self, CaseError, Seg};
+use crate::case;
+use crate::yaml::{CaseError, Seg};
 use crate::check::{Status, Verdict};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -150,7 +151,7 @@ impl Pair {
 
 /// Parses and checks a matrix (kernel names defined, cases exist).
 pub fn parse(text: &str, file: &str) -> Result<Matrix, CaseError> {
-    let m: Matrix = case::from_yaml(text, file)?;
+    let m: Matrix = crate::yaml::from_yaml(text, file)?;
     for (i, p) in m.pairs.iter().enumerate() {
         let err = |key, msg| {
             Err(CaseError::at(
