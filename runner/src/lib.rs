@@ -21,6 +21,7 @@ pub mod kbuild;
 pub mod kernel;
 pub mod logwrites;
 pub mod matrix;
+pub mod proc;
 pub mod replay;
 pub mod report;
 pub mod review;

@@ -20,8 +20,8 @@
 //! ```
 
 use crate::case;
-use crate::yaml::{CaseError, Seg};
 use crate::check::{Status, Verdict};
+use crate::yaml::{CaseError, Seg};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

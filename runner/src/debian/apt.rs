@@ -137,7 +137,7 @@ impl AptState {
         let mut cmd = self.command("apt-get");
         cmd.args(["update", "-q"]);
         let out =
-            crate::vm::guarded_output(&mut cmd).context("cannot run apt-get (install apt)")?;
+            crate::proc::guarded_output(&mut cmd).context("cannot run apt-get (install apt)")?;
         let err = String::from_utf8_lossy(&out.stderr);
         let warnings: Vec<String> = err
             .lines()
@@ -240,7 +240,7 @@ impl AptState {
         crate::cache::ensure_space(&format!("apt-get download {}", specs.join(" ")))?;
         let mut cmd = self.command("apt-get");
         cmd.current_dir(dir).args(["download", "-q"]).args(&specs);
-        let out = crate::vm::guarded_output(&mut cmd).context("cannot run apt-get")?;
+        let out = crate::proc::guarded_output(&mut cmd).context("cannot run apt-get")?;
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr);
             let why = err

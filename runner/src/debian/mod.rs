@@ -248,8 +248,8 @@ pub(crate) fn succeed(
     install: &str,
 ) -> Result<std::process::Output> {
     // In a process-group guard: an interrupt, an error or a killed runner leaves no child.
-    let out =
-        crate::vm::guarded_output(cmd).with_context(|| format!("cannot run {what} ({install})"))?;
+    let out = crate::proc::guarded_output(cmd)
+        .with_context(|| format!("cannot run {what} ({install})"))?;
     if !out.status.success() {
         bail!(
             "{what} failed: {}",

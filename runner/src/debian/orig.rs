@@ -170,7 +170,7 @@ pub fn probe(tree: &Tree, mirror: &str) -> Result<Probe> {
         .args(["--connect-timeout", "20", "--max-time", "60"])
         .arg(&url);
     let out =
-        crate::vm::guarded_output(&mut curl).context("cannot run curl (apt-get install curl)")?;
+        crate::proc::guarded_output(&mut curl).context("cannot run curl (apt-get install curl)")?;
     let code = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let p = match code.as_str() {
         "200" => Probe {

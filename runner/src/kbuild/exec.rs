@@ -102,7 +102,7 @@ pub(super) fn run_logged(
         .stderr(f.try_clone()?);
     make_env(&mut cmd);
     // Owned: an interrupt or any early return kills make and every compiler it started.
-    let mut child = crate::vm::GroupGuard::spawn(&mut cmd)
+    let mut child = crate::proc::GroupGuard::spawn(&mut cmd)
         .with_context(|| format!("running {}", argv.join(" ")))?;
     let mut reader = fs::File::open(log)?;
     reader.seek(SeekFrom::Start(start))?;
@@ -138,7 +138,7 @@ pub(super) fn run_logged(
         std::thread::sleep(Duration::from_millis(250));
     };
     child.kill();
-    if status != crate::vm::LeaderEnd::Exited(0) {
+    if status != crate::proc::LeaderEnd::Exited(0) {
         let text = fs::read_to_string(log).unwrap_or_default();
         bail!(
             "`{}` failed ({status:?}); full log: {}\n--- last 30 lines ---\n{}",
