@@ -26,8 +26,6 @@ pub struct RunOptions {
     pub cpus: Option<u32>,
     /// Guest root filesystem (`--image`); `None` = host root, read-only.
     pub root: Option<PathBuf>,
-    /// Parent directory for work dirs (default: the system temp dir).
-    pub work_parent: Option<PathBuf>,
     /// For matrices: use this accelerator instead of probing each kernel.
     pub accel_override: Option<Accel>,
     /// Copy each run's `logs/` and `results/` (not the disks) into a new dir under this one.
@@ -48,7 +46,6 @@ impl RunOptions {
             memory: None,
             cpus: None,
             root: None,
-            work_parent: None,
             accel_override: None,
             save_logs: None,
             kernel_args: Vec::new(),
@@ -308,7 +305,7 @@ impl SplatWatch {
 /// A fresh work dir: `disks/` (sparse raw images of the case's sizes; recorded: with the mark
 /// area after each, and an empty write log beside it), `results/`, `logs/`.
 pub fn make_workdir(case: &Case, opts: &RunOptions) -> Result<tempfile::TempDir> {
-    let parent = opts.work_parent.clone().unwrap_or_else(std::env::temp_dir);
+    let parent = std::env::temp_dir();
     std::fs::create_dir_all(&parent)?;
     let dir = tempfile::Builder::new()
         .prefix(&format!("dmcache-vmtest-{}-", case.name))
