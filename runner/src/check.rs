@@ -69,6 +69,8 @@ pub struct Classification {
 #[derive(Debug, Clone, Serialize)]
 pub struct Verdict {
     pub case: String,
+    /// Where the case comes from (its `source:`: a commit, a mail).
+    pub source: Option<String>,
     pub kernel: String,
     pub release: Option<String>,
     pub cache_target: Option<String>,
@@ -601,6 +603,7 @@ pub fn evaluate(case: &Case, run: &CaseRun) -> Verdict {
     let (status, failures) = final_status(pass.failures, pass.infra);
     Verdict {
         case: case.name.clone(),
+        source: case.source.clone(),
         kernel: run.kernel.spec.clone(),
         release: Some(facts.release).filter(|r| !r.is_empty()),
         cache_target: facts.cache_target,

@@ -586,6 +586,7 @@ pairs:
         );
         Verdict {
             case: "unclean_passthrough".into(),
+            source: None,
             kernel: "k".into(),
             release: Some("6.12".into()),
             cache_target: Some("2.3.0".into()),

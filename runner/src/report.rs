@@ -95,6 +95,9 @@ fn status_word(s: Status) -> &'static str {
 pub fn render(v: &Verdict, verbose: bool) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "case {} on {}", v.case, v.kernel);
+    if let (true, Some(src)) = (verbose, &v.source) {
+        let _ = writeln!(s, "  source {src}");
+    }
     let _ = writeln!(
         s,
         "  kernel release {}   dm-cache target {}   accel {:?}",

@@ -517,6 +517,7 @@ pairs:
             .iter()
             .map(|a| crate::check::Verdict {
                 case: "unclean_passthrough".into(),
+                source: None,
                 kernel: kernel.into(),
                 release: None,
                 cache_target: None,
