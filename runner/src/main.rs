@@ -260,6 +260,10 @@ enum KernelCmd {
         /// --sources 6.18`.
         #[arg(long)]
         sources: bool,
+        /// Print the kernels as a JSON array (abi, version, upstream, suites, form,
+        /// packages, unusable) instead of the table.
+        #[arg(long, conflicts_with = "sources")]
+        json: bool,
     },
     /// Build a small bzImage with dm-cache built in from a source tree plus patches
     /// (kconfigs/dm-cache.config + --kconfig fragments); print its path and timings.
@@ -324,8 +328,9 @@ fn dispatch(cli: Cli) -> Result<i32> {
                     what,
                     refresh,
                     sources,
+                    json,
                 },
-        } => cmd_kernel_list(&what, refresh, sources),
+        } => cmd_kernel_list(&what, refresh, sources, json),
         Cmd::Review {
             patches,
             trees,
@@ -664,7 +669,7 @@ fn cmd_crashpoints(a: &CrashpointsArgs) -> Result<i32> {
 }
 
 /// `kernel list [debian[:SERIES]]`.
-fn cmd_kernel_list(what: &str, refresh: bool, sources: bool) -> Result<i32> {
+fn cmd_kernel_list(what: &str, refresh: bool, sources: bool, json: bool) -> Result<i32> {
     let what = match what {
         w if sources && debian::version::is_series(w) => format!("debian:{w}"),
         w => w.to_string(),
@@ -742,6 +747,10 @@ fn cmd_kernel_list(what: &str, refresh: bool, sources: bool) -> Result<i32> {
         anyhow::bail!(
             "no Debian kernel matches `{what}` in these suites (set DMCACHE_VMTEST_DEBIAN_SUITES for others)"
         );
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+        return Ok(0);
     }
     print!(
         "{}",
