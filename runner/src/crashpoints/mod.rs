@@ -494,5 +494,23 @@ mod tests {
         let moved = failing(&case, &order(&[], &[(21, 13)]), 0);
         assert!(!moved.is_empty(), "the moved superblock went unnoticed");
         assert!(moved.iter().all(|s| s.dropped.is_empty()), "{moved:#?}");
+        // fio's data (entry 15) moved after the commit's last flush: at that persistence point
+        // the metadata is intact (cache_check passes) but maps cache block 0, whose data is
+        // not on the disk yet — only the mapping check sees it.
+        let late_data = failing(&case, &order(&[], &[(15, 23)]), 0);
+        assert!(
+            late_data.iter().any(|s| s
+                .host_failures
+                .iter()
+                .any(|f| f.starts_with("cache block 0 (origin block 0")
+                    && f.contains("is mapped, but"))),
+            "{late_data:#?}"
+        );
+        assert!(
+            late_data
+                .iter()
+                .all(|s| s.host_failures.iter().all(|f| !f.contains("cache_check"))),
+            "{late_data:#?}"
+        );
     }
 }

@@ -262,17 +262,25 @@ pub fn host_check(o: &Overlay, st: &CrashState, ctx: &HostCtx) -> Result<(String
             .map_or(next, |p| p.durable.min(next));
         let sectors =
             spec.data[0] + cb * spec.block_sectors..spec.data[0] + (cb + 1) * spec.block_sectors;
+        // The first entry that writes each sector: before it, the sector's zeros are not a
+        // version the block held, only a disk that had not seen the data yet.
+        let unit = log.sectorsize / SECTOR;
+        let first_write = |s: u64| {
+            log.entries.iter().position(|e| {
+                e.has_data() && (e.sector * unit..(e.sector + e.nr_sectors) * unit).contains(&s)
+            })
+        };
         let mut v = Versions::default();
-        for p in points
-            .iter()
-            .filter(|p| p.durable >= first && p.durable <= next)
-        {
-            for s in sectors.clone() {
+        for s in sectors.clone() {
+            let Some(w) = first_write(s) else { continue };
+            for p in points
+                .iter()
+                .filter(|p| p.durable >= first && p.durable <= next && w < p.durable)
+            {
                 v.add(s, p.overlay.read(s, 1));
             }
         }
         // Any write of the state's own epoch may have landed, alone or with others.
-        let unit = log.sectorsize / SECTOR;
         for e in &log.entries[st.durable..next] {
             if !e.has_data() {
                 continue;
