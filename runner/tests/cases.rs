@@ -388,6 +388,31 @@ struct ReviewWant {
     regresses: &'static [&'static str],
 }
 
+/// A command's output (printed), its exit status checked against `want`, and the JSON it
+/// wrote to `json`: `(json, output text)`.
+fn exited_with_json(
+    what: &str,
+    out: &std::process::Output,
+    want: i32,
+    json: &Path,
+) -> Result<(serde_json::Value, String), Failed> {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    let code = out.status.code().unwrap_or(-1);
+    if code != want {
+        return Err(format!("{what} exited {code}, expected {want}:\n{text}").into());
+    }
+    let v = serde_json::from_slice(
+        &std::fs::read(json).map_err(|e| format!("no JSON from {what}: {e}"))?,
+    )
+    .map_err(|e| e.to_string())?;
+    Ok((v, text))
+}
+
 /// `dmcache-vmtest review PATCH --tree TREE --cases … --no-cache` in real VMs: the exit
 /// status and the answer (from its JSON) must be what was measured (docs/results.md).
 fn review_trial(patch: &str, tree: &str, cases: &str, want: &ReviewWant) -> Result<(), Failed> {
@@ -410,20 +435,7 @@ fn review_trial(patch: &str, tree: &str, cases: &str, want: &ReviewWant) -> Resu
         .arg(&json)
         .output()
         .map_err(|e| format!("cannot run {BIN} review: {e}"))?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("{text}");
-    let code = out.status.code().unwrap_or(-1);
-    if code != want.exit {
-        return Err(format!("review exited {code}, expected {}:\n{text}", want.exit).into());
-    }
-    let v: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(&json).map_err(|e| format!("no JSON from the review: {e}"))?,
-    )
-    .map_err(|e| e.to_string())?;
+    let (v, text) = exited_with_json("review", &out, want.exit, &json)?;
     let list = |k: &str| -> Vec<String> {
         v["trees"][0][k]
             .as_array()
@@ -460,20 +472,7 @@ fn crashpoints_trial(spec: &str, want: i32) -> Result<(), Failed> {
             .map_err(|e| format!("cannot run {BIN} crashpoints: {e}"))
     };
     let out = run(&[])?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("{text}");
-    let code = out.status.code().unwrap_or(-1);
-    if code != want {
-        return Err(format!("crashpoints exited {code}, expected {want}:\n{text}").into());
-    }
-    let v: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(&json).map_err(|e| format!("no JSON from crashpoints: {e}"))?,
-    )
-    .map_err(|e| e.to_string())?;
+    let (v, text) = exited_with_json("crashpoints", &out, want, &json)?;
     let states = v["states"].as_array().cloned().unwrap_or_default();
     if states.len() < 5 || v["persistence_points"].as_u64().unwrap_or(0) < 3 {
         return Err(

@@ -18,8 +18,6 @@ pub struct Plan {
     pub after: Vec<Option<(usize, usize)>>,
     /// A state whose durable prefix reaches this many entries has the workload durable.
     pub gate: usize,
-    /// Entries from here on were written by the crash boot.
-    pub start: usize,
     /// Sectors of the case's disk (the mark area comes after).
     pub disk_sectors: u64,
 }
@@ -137,7 +135,6 @@ pub fn plan(case: &Case, log: &Log, disk_sectors: u64, cp: &Options) -> Result<P
         states,
         after,
         gate,
-        start,
         disk_sectors,
     })
 }
