@@ -370,6 +370,21 @@ impl Overlay {
     }
 }
 
+/// The bytes of `runner/tests/fixtures/NAME` (xz), for the tests of recorded logs.
+#[cfg(test)]
+pub(crate) fn xz_fixture(name: &str) -> Vec<u8> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    let out = std::process::Command::new("xz")
+        .arg("-dc")
+        .arg(&path)
+        .output()
+        .expect("xz (xz-utils) is needed for this test");
+    assert!(out.status.success(), "xz -dc {}", path.display());
+    out.stdout
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -570,13 +585,7 @@ mod tests {
     /// marks at once, and a mark `dm-log-writes-end` at removal.
     #[test]
     fn a_log_the_kernel_recorded() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let out = std::process::Command::new("xz")
-            .arg("-dc")
-            .arg(root.join("tests/fixtures/dm-log-writes-6.12.118.log.xz"))
-            .output()
-            .expect("xz (xz-utils) is needed for this test");
-        let b = out.stdout;
+        let b = xz_fixture("dm-log-writes-6.12.118.log.xz");
         let log = parse(&b).unwrap();
         assert_eq!(
             (log.declared, log.sectorsize, log.short.clone()),

@@ -436,14 +436,11 @@ mod tests {
     /// query's commit at 19–22: mapping array, flush, superblock, flush).
     fn fixture() -> (Case, Vec<u8>) {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let out = std::process::Command::new("xz")
-            .arg("-dc")
-            .arg(root.join("tests/fixtures/unclean_passthrough-6.12.117.log.xz"))
-            .output()
-            .expect("xz (xz-utils) is needed for this test");
-        assert!(out.status.success());
         let case = crate::case::load(&root.join("../cases/unclean_passthrough.yaml")).unwrap();
-        (case, out.stdout)
+        (
+            case,
+            logwrites::xz_fixture("unclean_passthrough-6.12.117.log.xz"),
+        )
     }
 
     fn failing(case: &Case, data: &[u8], n: usize) -> Vec<StateResult> {
