@@ -55,6 +55,10 @@ struct CrashpointsArgs {
     /// Host tier only: no recovery boot on the states.
     #[arg(long)]
     host_only: bool,
+    /// Check the log an earlier run kept (`--keep`: DIR/disks/NAME.log) on the host instead
+    /// of recording anew: a `--state` id names a state of one recording.
+    #[arg(long, value_name = "FILE")]
+    log: Option<PathBuf>,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -649,17 +653,22 @@ fn cmd_case(name: &str, args: &RunArgs, verbose: bool) -> Result<i32> {
 fn cmd_crashpoints(a: &CrashpointsArgs) -> Result<i32> {
     use dmcache_vmtest::crashpoints;
     let case = case::load(&case::find(&a.name)?)?;
-    let (k, opts) = prepare(&a.run.kernel, &a.run.vm)?;
     let cp = crashpoints::Options {
         states_per_epoch: a.states,
         seed: a.seed,
         only: a.state.clone(),
         vm_tier: !a.host_only,
     };
-    let mut progress = report::Progress::new(&case.name);
-    let got = crashpoints::run(&case, &k, &opts, &cp, &mut |e| progress.event(e));
-    progress.finish();
-    let r = got?;
+    let r = match &a.log {
+        Some(log) => crashpoints::run_log(&case, log, &cp)?,
+        None => {
+            let (k, opts) = prepare(&a.run.kernel, &a.run.vm)?;
+            let mut progress = report::Progress::new(&case.name);
+            let got = crashpoints::run(&case, &k, &opts, &cp, &mut |e| progress.event(e));
+            progress.finish();
+            got?
+        }
+    };
     print!("{}", crashpoints::render(&r));
     if let Some(j) = &a.run.json {
         let text = serde_json::to_string_pretty(&r)? + "\n";

@@ -490,8 +490,40 @@ fn crashpoints_trial(spec: &str, want: i32) -> Result<(), Failed> {
         .iter()
         .find(|s| !s["host_failures"].as_array().is_none_or(|a| a.is_empty()))
         .ok_or_else(|| format!("exit 1 but no state failed on the host:\n{text}"))?;
+    // The same recording (kept by a third run, whose verdict must agree) re-checked for that
+    // state alone: a new recording may order an epoch's writes differently.
     let id = failed["id"].as_str().unwrap_or_default().to_string();
-    let again = run(&["--state", &id, "--host-only"])?;
+    let kept = run(&["--keep", "--host-only"])?;
+    let (kv, _) = exited_with_json("crashpoints --keep", &kept, want, &json)?;
+    let dir = PathBuf::from(kv["recording_kept"].as_str().unwrap_or_default());
+    let log = dir.join("disks/sdc.log");
+    let kept_failed: Vec<String> = kv["states"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| !s["host_failures"].as_array().is_none_or(|a| a.is_empty()))
+        .filter_map(|s| s["id"].as_str().map(String::from))
+        .collect();
+    let Some(id) = kept_failed.first().cloned() else {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(
+            format!("the --keep run (after {id} failed) failed at no state on the host").into(),
+        );
+    };
+    let again = Command::new(BIN)
+        .current_dir(repo())
+        .args([
+            "crashpoints",
+            "unclean_passthrough",
+            "--state",
+            &id,
+            "--log",
+        ])
+        .arg(&log)
+        .output()
+        .map_err(|e| format!("cannot run {BIN} crashpoints --log: {e}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let again = again?;
     if again.status.code() != Some(1) {
         return Err(format!(
             "--state {id} alone exited {:?}, expected 1:\n{}{}",

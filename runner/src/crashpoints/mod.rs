@@ -289,6 +289,37 @@ pub fn check_log(
     host_tier(case, &log, data, scratch_dir, &plan, &mut |_| {})
 }
 
+/// The host tier on a log kept by an earlier run (`--keep`: `DIR/disks/NAME.log`), with no
+/// recording and no VM: how `--state ID` re-checks a state of *that* recording (a new
+/// recording may order an epoch's writes differently, so an id names a state of one log).
+pub fn run_log(case: &Case, path: &std::path::Path, cp: &Options) -> Result<Report> {
+    case.crashpoints
+        .as_ref()
+        .with_context(|| format!("case `{}` has no `crashpoints:` block", case.name))?;
+    if let Some(id) = &cp.only {
+        states::parse_id(id)?;
+    }
+    let (log, data) = read_log(path)?;
+    let scratch = tempfile::tempdir()?;
+    let start = Instant::now();
+    let disk_sectors = case.disks[0].size.0 / logwrites::SECTOR;
+    let plan = plan(case, &log, disk_sectors, cp)?;
+    let states = host_tier(case, &log, &data, scratch.path(), &plan, &mut |_| {})?;
+    Ok(Report {
+        case: case.name.clone(),
+        kernel: format!("the log {}", path.display()),
+        release: None,
+        entries: log.entries.len(),
+        persistence_points: log.persistence_points().len(),
+        writes: log.entries.iter().filter(|e| e.has_data()).count(),
+        states,
+        record_seconds: 0.0,
+        host_seconds: start.elapsed().as_secs_f64(),
+        vm_seconds: 0.0,
+        recording_kept: None,
+    })
+}
+
 /// The VM tier for one state: its disk in a fresh work dir, the case's boots after the crash
 /// on it, the same verdict as a normal run (the recorded boots included).
 fn vm_state(

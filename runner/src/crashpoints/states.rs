@@ -230,7 +230,14 @@ pub fn host_check(o: &Overlay, st: &CrashState, ctx: &HostCtx) -> Result<(String
         spec,
         scratch,
     } = *ctx;
-    let md = host::metadata(o, spec, scratch)?;
+    // A persistence point's metadata was read once already, for every state's reference.
+    let known = points
+        .iter()
+        .find(|p| st.extra.is_empty() && p.durable == st.durable);
+    let md = match known {
+        Some(p) => p.metadata.clone(),
+        None => host::metadata(o, spec, scratch)?,
+    };
     let Metadata::Formatted {
         clean_shutdown,
         needs_check,
