@@ -1,5 +1,6 @@
 //! The per-user cache directory (XDG): fetched kernels, built kernels, ccache.
 
+use crate::event::Event;
 use std::path::{Path, PathBuf};
 
 /// `$DMCACHE_VMTEST_CACHE`, else `$XDG_CACHE_HOME/dmcache-vmtest`, else `~/.cache/dmcache-vmtest`.
@@ -81,12 +82,12 @@ pub fn write_durable(dst: &Path, bytes: &[u8]) -> std::io::Result<()> {
 pub fn lock_exclusive(
     path: &Path,
     waiting: &str,
-    progress: &mut dyn FnMut(&str),
+    progress: &mut dyn FnMut(Event),
 ) -> anyhow::Result<std::fs::File> {
     use anyhow::Context;
     let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     if f.try_lock().is_err() {
-        progress(waiting);
+        progress(Event::Prepare(waiting.to_string()));
         f.lock()
             .with_context(|| format!("locking {}", path.display()))?;
     }

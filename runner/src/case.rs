@@ -229,8 +229,8 @@ pub enum StepKind {
     /// A command whose outcome (exit status + kernel log lines) is labelled by `outcomes`.
     Classify {
         name: String,
-        run: String,
-        timeout: u32,
+        /// Any exit status and output (`expect_status: any`): the outcomes judge it.
+        cmd: Command,
         outcomes: Vec<Outcome>,
     },
     /// An unclean shutdown; the last step of its boot.
@@ -391,8 +391,12 @@ impl TryFrom<RawStep> for Step {
                 }
                 StepKind::Classify {
                     name,
-                    run,
-                    timeout,
+                    cmd: Command {
+                        run,
+                        expect_status: ExpectStatus::Any,
+                        expect_match: None,
+                        timeout,
+                    },
                     outcomes: r.outcomes,
                 }
             } else {
@@ -639,7 +643,7 @@ impl Case {
         self.all_steps()
             .filter_map(|(_, _, s)| match &s.kind {
                 StepKind::Classify { name, .. } => Some(name.as_str()),
-                _ => None,
+                StepKind::Run(_) | StepKind::Capture { .. } | StepKind::Crash(_) => None,
             })
             .collect()
     }
@@ -677,29 +681,31 @@ impl Boot {
 }
 
 impl Step {
-    /// The shell command the guest runs, if the step has one.
-    pub fn command(&self) -> Option<&str> {
+    /// The command the guest runs, if the step has one.
+    pub fn cmd(&self) -> Option<&Command> {
         match &self.kind {
-            StepKind::Run(c) | StepKind::Capture { cmd: c, .. } => Some(&c.run),
-            StepKind::Classify { run, .. } => Some(run),
+            StepKind::Run(c)
+            | StepKind::Capture { cmd: c, .. }
+            | StepKind::Classify { cmd: c, .. } => Some(c),
             StepKind::Crash(_) => None,
         }
     }
 
+    /// The shell command the guest runs, if the step has one.
+    pub fn command(&self) -> Option<&str> {
+        self.cmd().map(|c| c.run.as_str())
+    }
+
     /// Seconds before the guest kills the step's command.
     pub fn timeout(&self) -> u32 {
-        match &self.kind {
-            StepKind::Run(c) | StepKind::Capture { cmd: c, .. } => c.timeout,
-            StepKind::Classify { timeout, .. } => *timeout,
-            StepKind::Crash(_) => 0,
-        }
+        self.cmd().map_or(0, |c| c.timeout)
     }
 
     /// The value this step defines (a capture or a classification).
     pub fn defines(&self) -> Option<&str> {
         match &self.kind {
             StepKind::Capture { name, .. } | StepKind::Classify { name, .. } => Some(name),
-            _ => None,
+            StepKind::Run(_) | StepKind::Crash(_) => None,
         }
     }
 

@@ -2,9 +2,9 @@
 //! outcome for this kernel, and the per-boot kernel log check (panic, oops, BUG, WARN).
 //! Pure: takes a [`CaseRun`] (what happened) and the [`Case`] (what must hold).
 
-use crate::case::{Assertion, Case, KernelFacts, StepKind};
+use crate::case::{Assertion, Case, KernelFacts};
 use crate::guest::BootRecord;
-use crate::replay::{self, tail, StepState};
+use crate::replay::{self, tail, Defined, StepState};
 use crate::run::{BootEnd, CaseRun};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -285,12 +285,15 @@ fn judge_steps(
                 detail: tail(&out.console, 12),
             });
         }
-        if let (StepKind::Capture { name, .. }, Some(v)) = (&step.kind, &f.value) {
-            pass.captures.insert(name.clone(), v.clone());
-        }
-        if let (StepKind::Classify { name, .. }, Some(label)) = (&step.kind, &f.value) {
-            pass.classifications
-                .insert(name.clone(), classification(label, f, &out.record.steps[i]));
+        match &f.value {
+            Some(Defined::Capture { name, value }) => {
+                pass.captures.insert(name.clone(), value.clone());
+            }
+            Some(Defined::Label { name, label }) => {
+                pass.classifications
+                    .insert(name.clone(), classification(label, f, &out.record.steps[i]));
+            }
+            None => {}
         }
         let sr = out.record.steps.get(i);
         steps.push(StepSummary {
@@ -632,60 +635,13 @@ mod tests {
     use super::*;
     use crate::console::ConsoleScan;
     use crate::guest::{self, BootRecord, StepRecord};
-    use crate::replay::{classify, step_enabled, trimmed};
+    use crate::replay::classify;
+    use crate::replay::test_support::honest_guest;
     use crate::run::{BootOutcome, CaseRun};
     use crate::vm::ProcessEnd;
-    use std::collections::BTreeMap;
 
     fn seed_case() -> Case {
         crate::case::load(&crate::case::cases_dir().join("unclean_passthrough.yaml")).unwrap()
-    }
-
-    /// What an honest guest records for `cases/unclean_passthrough.yaml` when the passthrough
-    /// activation ends with `status` and `dmesg`, and the captures have the given values.
-    fn honest_guest(
-        case: &Case,
-        status: i32,
-        dmesg: &[&str],
-        caps: &[(&str, &str)],
-    ) -> Vec<BootRecord> {
-        let caps: BTreeMap<&str, &str> = caps.iter().cloned().collect();
-        let mut values = BTreeMap::new();
-        let mut recs = Vec::new();
-        for boot in &case.boots {
-            let mut steps = Vec::new();
-            for s in &boot.steps {
-                let mut r = StepRecord::default();
-                if s.is_crash() {
-                } else if !step_enabled(s, &values) {
-                    r.skipped = true;
-                } else if let StepKind::Classify { name, outcomes, .. } = &s.kind {
-                    r.status = Some(status);
-                    r.dmesg = dmesg.iter().map(|l| l.to_string()).collect();
-                    let label = classify(outcomes, status, &r.dmesg);
-                    r.label = Some(label.clone());
-                    values.insert(name.clone(), label);
-                } else {
-                    r.status = Some(0);
-                    if let StepKind::Capture { name, .. } = &s.kind {
-                        r.stdout = format!("{}\n", caps.get(name.as_str()).copied().unwrap_or("1"));
-                        values.insert(name.clone(), trimmed(&r.stdout));
-                    }
-                }
-                steps.push(r);
-            }
-            let crash = boot.ends_in_crash();
-            recs.push(BootRecord {
-                started: true,
-                release: Some("6.12.117-test".into()),
-                targets: Some("cache            v2.3.0\n".into()),
-                steps,
-                crash_marker: crash,
-                done: !crash,
-                ..Default::default()
-            });
-        }
-        recs
     }
 
     /// Writes the records as a results directory, reads it back as the runner does, derives

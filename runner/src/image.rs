@@ -4,6 +4,7 @@
 //! On a host whose apt is not Debian's (an Ubuntu CI runner), a built image's
 //! `sources.list` names the Debian mirror for [`crate::debian`] ([`built_images`]).
 
+use crate::event::Event;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -99,11 +100,11 @@ pub fn resolve(name: &str) -> Result<PathBuf> {
 }
 
 /// Builds the image unless it exists; returns its directory.
-pub fn build(name: &str, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
+pub fn build(name: &str, progress: &mut dyn FnMut(Event)) -> Result<PathBuf> {
     let (r, key) = load_recipe(name)?;
     let dir = image_dir(name, &key);
     if dir.join(DONE).exists() {
-        progress("cached");
+        progress(Event::Prepare("cached".into()));
         return Ok(dir);
     }
     if !nix::unistd::Uid::effective().is_root() {
@@ -121,7 +122,7 @@ pub fn build(name: &str, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     let mut log = Vec::new();
     if let Some(out) = child.stdout.take() {
         for line in BufReader::new(out).lines().map_while(Result::ok) {
-            progress(line.trim_start_matches("I: "));
+            progress(Event::Prepare(line.trim_start_matches("I: ").to_string()));
             log.push(line);
         }
     }

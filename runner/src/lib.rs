@@ -14,6 +14,7 @@ pub mod cores;
 pub mod crashpoints;
 pub mod debian;
 pub mod doctor;
+pub mod event;
 pub mod guest;
 pub mod image;
 pub mod interrupt;

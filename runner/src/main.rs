@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use dmcache_vmtest::event::Event;
 use dmcache_vmtest::{bisect, case, check, debian, kernel, report, run, vm};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -372,7 +373,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             cmd: ImageCmd::Build { name },
         } => {
             let p = report::Progress::new(&format!("image {name}"));
-            let dir = dmcache_vmtest::image::build(&name, &mut |m| p.message(m));
+            let dir = dmcache_vmtest::image::build(&name, &mut |e| p.event(e));
             p.finish();
             println!("{}", dir?.display());
             Ok(0)
@@ -394,7 +395,7 @@ fn cmd_kernel_build(
         req.jobs = j;
     }
     let p = report::Progress::new("build");
-    let built = dmcache_vmtest::kbuild::build(&req, &mut |m| p.message(m));
+    let built = dmcache_vmtest::kbuild::build(&req, &mut |e| p.event(e));
     p.finish();
     let b = built?;
     println!("{}", b.bzimage.display());
@@ -440,10 +441,10 @@ fn cmd_bench(b: &BenchArgs) -> Result<i32> {
     let case = case::load(&case::find(name)?)?;
     let (k, opts) = prepare(&args.kernel, &args.vm)?;
     let p = report::Progress::new("bench");
-    p.message(&format!(
+    p.event(Event::Prepare(format!(
         "{runs} bare boots, then {} {runs} times",
         case.name
-    ));
+    )));
     let r = dmcache_vmtest::bench::bench(&case, &k, &opts, runs);
     p.finish();
     let r = r?;
@@ -567,7 +568,7 @@ fn print_matrix_summary(results: &[dmcache_vmtest::matrix::PairResult]) {
 fn resolve_kernel(spec: &str) -> Result<kernel::Kernel> {
     let parsed = kernel::KernelSpec::parse(spec)?;
     let p = report::Progress::new("kernel");
-    let k = kernel::resolve(&parsed, spec, &mut |m| p.message(m));
+    let k = kernel::resolve(&parsed, spec, &mut |e| p.event(e));
     p.finish();
     k
 }
@@ -576,7 +577,7 @@ fn resolve_kernel(spec: &str) -> Result<kernel::Kernel> {
 /// it; KVM or TCG decided by [`kernel::prepare`] (one notice on fallback).
 fn prepare(spec: &str, args: &VmArgs) -> Result<(kernel::Kernel, run::RunOptions)> {
     let p = report::Progress::new("kernel");
-    let got = kernel::prepare(spec, None, &mut |m| p.message(m));
+    let got = kernel::prepare(spec, &mut |e| p.event(e));
     p.finish();
     let (k, accel, notice) = got?;
     if let Some(n) = notice {
@@ -614,7 +615,13 @@ fn cmd_review(
     let p = report::Progress::new("review");
     let tty = std::io::stderr().is_terminal();
     // A log (CI, a file) gets every line; a terminal gets them above a spinner.
-    let got = review::review(req, &|m| if tty { p.notice(m) } else { eprintln!("{m}") });
+    let got = review::review(req, &|e| {
+        if tty {
+            p.event(e)
+        } else if let Some(line) = e.plain() {
+            eprintln!("{line}")
+        }
+    });
     p.finish();
     let r = got?;
     let md = review::answer::markdown(&r, &review::tested_by());
@@ -637,7 +644,7 @@ fn cmd_case(name: &str, args: &RunArgs, verbose: bool) -> Result<i32> {
     }
     let (k, mut opts) = prepare(&args.kernel, &args.vm)?;
     opts.record = args.record;
-    let mut progress = report::Progress::new(&case.name);
+    let progress = report::Progress::new(&case.name);
     let outcome = run::run_case(&case, &k, &opts, &mut |e| progress.event(e));
     progress.finish();
     let outcome = outcome?;
@@ -663,7 +670,7 @@ fn cmd_crashpoints(a: &CrashpointsArgs) -> Result<i32> {
         Some(log) => crashpoints::run_log(&case, log, &cp)?,
         None => {
             let (k, opts) = prepare(&a.run.kernel, &a.run.vm)?;
-            let mut progress = report::Progress::new(&case.name);
+            let progress = report::Progress::new(&case.name);
             let got = crashpoints::run(&case, &k, &opts, &cp, &mut |e| progress.event(e));
             progress.finish();
             got?
@@ -706,14 +713,14 @@ fn cmd_kernel_list(what: &str, refresh: bool, sources: bool, json: bool) -> Resu
             anyhow::bail!("`debian:{f}`: --sources lists a series (e.g. 6.18) or all");
         }
         if refresh {
-            archive.index(mode, &mut |m| p.message(m))?;
+            archive.index(mode, &mut |e| p.event(e))?;
         }
-        let rows = debian::source_rows(filter, &mut |m| p.message(m));
+        let rows = debian::source_rows(filter, &mut |e| p.event(e));
         p.finish();
         print!("{}", debian::render_source_rows(&rows?));
         return Ok(0);
     }
-    let got = archive.index(mode, &mut |m| p.message(m));
+    let got = archive.index(mode, &mut |e| p.event(e));
     p.finish();
     let (index, info) = got?;
     for w in &info.warnings {
@@ -788,8 +795,8 @@ fn cmd_bisect(
                 b.strip_prefix("build:debian:"),
             );
             let range = match trees {
-                (Some(lo), Some(hi)) => debian::tree_range(lo, hi, &mut |m| p.message(m)),
-                _ => debian::kernel_range(&a, &b, &mut |m| p.message(m)),
+                (Some(lo), Some(hi)) => debian::tree_range(lo, hi, &mut |e| p.event(e)),
+                _ => debian::kernel_range(&a, &b, &mut |e| p.event(e)),
             };
             p.finish();
             let range = range?;
@@ -815,7 +822,7 @@ fn cmd_bisect(
     eprintln!("{} kernels: {}", specs.len(), specs.join(" "));
     let mut runner = |spec: &str| -> Result<bisect::Outcome> {
         let (k, opts) = prepare(spec, vm_args)?;
-        let mut progress = report::Progress::new(&format!("{} on {spec}", case.name));
+        let progress = report::Progress::new(&format!("{} on {spec}", case.name));
         let outcome = run::run_case(&case, &k, &opts, &mut |e| progress.event(e));
         progress.finish();
         let verdict = check::evaluate(&case, &outcome?);

@@ -21,6 +21,7 @@
 
 use crate::case;
 use crate::check::{Status, Verdict};
+use crate::event::Event;
 use crate::yaml::{CaseError, Seg};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -381,7 +382,7 @@ pub fn run(
     jobs: usize,
     repeat: usize,
     base: &crate::run::RunOptions,
-    ui: &(dyn Fn(&str, Option<crate::run::Event>) + Sync),
+    ui: &(dyn Fn(&str, Event) + Sync),
 ) -> Vec<PairResult> {
     type Prepared = std::result::Result<(crate::kernel::Kernel, crate::vm::Accel), String>;
     let mut kernels: BTreeMap<String, Prepared> = BTreeMap::new();
@@ -389,24 +390,24 @@ pub fn run(
         if !m.pairs.iter().any(|p| &p.kernel == name) {
             continue;
         }
-        ui(&format!("kernel {name}"), None);
+        let label = format!("kernel {name}");
+        ui(&label, Event::Prepare(k.spec.clone()));
         let prepared = (|| -> Result<_> {
             if crate::vm::INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
                 anyhow::bail!("interrupted");
             }
             let (resolved, accel, notice) =
-                crate::kernel::prepare(&k.spec, base.accel_override, &mut |msg| {
-                    ui(&format!("kernel {name}: {msg}"), None)
-                })?;
+                crate::kernel::prepare(&k.spec, &mut |e| ui(&label, e))?;
             if let Some(n) = notice {
-                ui(&format!("note: {n}"), None);
+                ui(&label, Event::Notice(n));
             }
             Ok((resolved, accel))
         })()
         .map_err(|e| format!("kernel {name} ({}): {e:#}", k.spec));
         if let Err(e) = &prepared {
-            ui(&format!("error: {e}"), None);
+            ui(&label, Event::Warning(format!("error: {e}")));
         }
+        ui(&label, Event::JobEnd(String::new()));
         kernels.insert(name.clone(), prepared);
     }
     let cases: BTreeMap<&str, std::result::Result<case::Case, String>> = m
@@ -435,7 +436,7 @@ pub fn run(
         opts.cpus = opts
             .cpus
             .or(Some(per_vm_cpus.min(crate::run::default_cpus(*accel))));
-        let out = crate::run::run_case(case, kernel, &opts, &mut |e| ui(label, Some(e)))?;
+        let out = crate::run::run_case(case, kernel, &opts, &mut |e| ui(label, e))?;
         Ok(crate::check::evaluate(case, &out))
     })
 }
@@ -451,7 +452,7 @@ pub fn run_pairs(
     m: &Matrix,
     jobs: usize,
     repeat: usize,
-    ui: &(dyn Fn(&str, Option<crate::run::Event>) + Sync),
+    ui: &(dyn Fn(&str, Event) + Sync),
     run_one: &RunOne,
 ) -> Vec<PairResult> {
     use std::sync::Mutex;
@@ -480,10 +481,10 @@ pub fn run_pairs(
                     pair.id()
                 };
                 let got = run_one(pair, &label).map_err(|e| format!("{e:#}"));
-                ui(&label, None);
                 if let Err(e) = &got {
-                    ui(&format!("{label}: error: {e}"), None);
+                    ui(&label, Event::Warning(format!("error: {e}")));
                 }
+                ui(&label, Event::JobEnd(String::new()));
                 results.lock().unwrap()[i][r] = Some(got);
             });
         }
@@ -1004,8 +1005,7 @@ pairs:
             junk.display()
         );
         let m = parse(&text, "m.yaml").unwrap();
-        let mut opts = crate::run::RunOptions::new(crate::vm::Accel::Tcg);
-        opts.accel_override = Some(crate::vm::Accel::Tcg);
+        let opts = crate::run::RunOptions::new(crate::vm::Accel::Tcg);
         let results = run(&m, 2, 1, &opts, &|_, _| {});
         assert_eq!(results.len(), 3);
         assert!(results.iter().all(|r| r.runs.is_empty() && r.errored()));

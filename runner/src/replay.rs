@@ -7,7 +7,7 @@
 //! problem of that step: a guest can make a verdict worse, never better.  `run` uses the
 //! values to carry them into the next boot; `check` judges from the facts.
 
-use crate::case::{Case, Cond, ExpectStatus, Outcome, Step, StepKind, UNCLASSIFIED};
+use crate::case::{Case, Command, Cond, ExpectStatus, Outcome, Step, StepKind, UNCLASSIFIED};
 use crate::guest::{BootRecord, StepRecord};
 use std::collections::BTreeMap;
 
@@ -30,12 +30,37 @@ pub struct StepFact {
     /// The host's decision from the values known before the step.
     pub enabled: bool,
     pub state: StepState,
-    /// A capture's value or a classification's label (host-derived).
-    pub value: Option<String>,
+    /// What the step defined (host-derived): a capture's value or a classification's label.
+    pub value: Option<Defined>,
     /// What is wrong with this step: unmet expectations and guest/host disagreements.
     pub problems: Vec<String>,
     /// Evidence for the problems: stderr tail and the step's kernel log lines.
     pub detail: Vec<String>,
+}
+
+/// A value a step defines, by the step's kind; `check` reads these, never the step kinds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Defined {
+    /// `capture: name` and its trimmed stdout.
+    Capture { name: String, value: String },
+    /// `classify: name` and the label of its outcome.
+    Label { name: String, label: String },
+}
+
+impl Defined {
+    pub fn name(&self) -> &str {
+        match self {
+            Defined::Capture { name, .. } | Defined::Label { name, .. } => name,
+        }
+    }
+
+    /// The value conditions and later boots see.
+    pub fn text(&self) -> &str {
+        match self {
+            Defined::Capture { value, .. } => value,
+            Defined::Label { label, .. } => label,
+        }
+    }
 }
 
 /// The host's replay of the boots that ran.
@@ -187,7 +212,10 @@ fn step_fact(step: &Step, r: &StepRecord, values: &mut BTreeMap<String, String>)
             if let StepKind::Classify { name, outcomes, .. } = &step.kind {
                 if let Some(label) = classify_unfinished(outcomes, &r.dmesg).filter(|_| enabled) {
                     values.insert(name.clone(), label.clone());
-                    f.value = Some(label);
+                    f.value = Some(Defined::Label {
+                        name: name.clone(),
+                        label,
+                    });
                 }
             }
             return f;
@@ -197,65 +225,26 @@ fn step_fact(step: &Step, r: &StepRecord, values: &mut BTreeMap<String, String>)
     let StepState::Ran(status) = f.state else {
         unreachable!()
     };
-    let out = trimmed(&r.stdout);
     let timed_out = timed_out(step, r, status);
-    match &step.kind {
-        StepKind::Run(cmd) | StepKind::Capture { cmd, .. } => {
-            if timed_out {
-                f.problems.push(format!(
-                    "timed out after {} s (killed by its timeout)",
-                    step.timeout()
-                ));
-            } else if !cmd.expect_status.accepts(status) {
-                f.problems.push(format!(
-                    "exit status {status}, expected {}",
-                    cmd.expect_status
-                ));
-            }
-            if let Some(re) = &cmd.expect_match {
-                if !matches(re, &out) {
-                    f.problems.push(format!("stdout does not match /{re}/"));
-                    f.detail.splice(0..0, tail(&r.stdout, 8));
-                }
-            }
-            if let StepKind::Capture { name, expect, .. } = &step.kind {
-                // Records are read lossily: two different binary outputs could read alike.
-                if out.contains('\u{FFFD}') {
-                    f.problems.push(format!(
-                        "`{name}` is not text (invalid UTF-8): capture a text, e.g. `… | md5sum`"
-                    ));
-                }
-                if let Some(want) = expect.as_ref().filter(|w| **w != out) {
-                    f.problems
-                        .push(format!("`{name}` is `{out}`, expected `{want}`"));
-                }
-                values.insert(name.clone(), out.clone());
-                f.value = Some(out);
-            }
+    let defined = match &step.kind {
+        StepKind::Run(cmd) => {
+            command_problems(cmd, r, status, timed_out, &mut f);
+            None
         }
-        StepKind::Classify { name, outcomes, .. } => {
-            let label = classify_run(outcomes, status, timed_out, &r.dmesg);
-            if timed_out && !outcomes.iter().any(|o| o.timeout && o.label == label) {
-                f.problems.push(format!(
-                    "timed out after {} s (killed by its timeout; no outcome says `timeout: true`)",
-                    step.timeout()
-                ));
-            }
-            match r.label.as_deref() {
-                // The guest does not tell a timeout from a status: the host's label stands.
-                _ if timed_out => {}
-                Some(g) if g == label => {}
-                Some(g) => f.problems.push(format!(
-                    "the guest classified `{g}` but the host `{label}` (from the same exit status and kernel log)"
-                )),
-                None => f
-                    .problems
-                    .push(format!("the guest recorded no label (the host: `{label}`)")),
-            }
-            values.insert(name.clone(), label.clone());
-            f.value = Some(label);
+        StepKind::Capture { name, cmd, expect } => {
+            command_problems(cmd, r, status, timed_out, &mut f);
+            Some(capture(name, expect.as_deref(), r, &mut f))
         }
+        StepKind::Classify {
+            name,
+            cmd,
+            outcomes,
+        } => Some(label(name, cmd, outcomes, r, status, timed_out, &mut f)),
         StepKind::Crash(_) => unreachable!("handled above"),
+    };
+    if let Some(d) = defined {
+        values.insert(d.name().to_string(), d.text().to_string());
+        f.value = Some(d);
     }
     if let Some(why) = &r.abort {
         if f.problems.is_empty() {
@@ -266,6 +255,136 @@ fn step_fact(step: &Step, r: &StepRecord, values: &mut BTreeMap<String, String>)
         }
     }
     f
+}
+
+/// A `run` or `capture` command's unmet expectations: its timeout, exit status, output.
+fn command_problems(cmd: &Command, r: &StepRecord, status: i32, timed_out: bool, f: &mut StepFact) {
+    if timed_out {
+        f.problems.push(format!(
+            "timed out after {} s (killed by its timeout)",
+            cmd.timeout
+        ));
+    } else if !cmd.expect_status.accepts(status) {
+        f.problems.push(format!(
+            "exit status {status}, expected {}",
+            cmd.expect_status
+        ));
+    }
+    if let Some(re) = &cmd.expect_match {
+        if !matches(re, &trimmed(&r.stdout)) {
+            f.problems.push(format!("stdout does not match /{re}/"));
+            f.detail.splice(0..0, tail(&r.stdout, 8));
+        }
+    }
+}
+
+/// A capture's value, and its problems: not text, or not the value it must have.
+fn capture(name: &str, expect: Option<&str>, r: &StepRecord, f: &mut StepFact) -> Defined {
+    let out = trimmed(&r.stdout);
+    // Records are read lossily: two different binary outputs could read alike.
+    if out.contains('\u{FFFD}') {
+        f.problems.push(format!(
+            "`{name}` is not text (invalid UTF-8): capture a text, e.g. `… | md5sum`"
+        ));
+    }
+    if let Some(want) = expect.filter(|w| *w != out) {
+        f.problems
+            .push(format!("`{name}` is `{out}`, expected `{want}`"));
+    }
+    Defined::Capture {
+        name: name.to_string(),
+        value: out,
+    }
+}
+
+/// The host's label for a classification that ran, and where the guest disagrees with it.
+fn label(
+    name: &str,
+    cmd: &Command,
+    outcomes: &[Outcome],
+    r: &StepRecord,
+    status: i32,
+    timed_out: bool,
+    f: &mut StepFact,
+) -> Defined {
+    let label = classify_run(outcomes, status, timed_out, &r.dmesg);
+    if timed_out && !outcomes.iter().any(|o| o.timeout && o.label == label) {
+        f.problems.push(format!(
+            "timed out after {} s (killed by its timeout; no outcome says `timeout: true`)",
+            cmd.timeout
+        ));
+    }
+    match r.label.as_deref() {
+        // The guest does not tell a timeout from a status: the host's label stands.
+        _ if timed_out => {}
+        Some(g) if g == label => {}
+        Some(g) => f.problems.push(format!(
+            "the guest classified `{g}` but the host `{label}` (from the same exit status and kernel log)"
+        )),
+        None => f
+            .problems
+            .push(format!("the guest recorded no label (the host: `{label}`)")),
+    }
+    Defined::Label {
+        name: name.to_string(),
+        label,
+    }
+}
+
+/// Records an honest guest would write: for the tests of the judges downstream (`check`).
+#[cfg(test)]
+pub mod test_support {
+    use super::{classify, step_enabled, trimmed};
+    use crate::case::{Case, StepKind};
+    use crate::guest::{BootRecord, StepRecord};
+    use std::collections::BTreeMap;
+
+    /// What an honest guest records for `cases/unclean_passthrough.yaml` when the passthrough
+    /// activation ends with `status` and `dmesg`, and the captures have the given values.
+    pub fn honest_guest(
+        case: &Case,
+        status: i32,
+        dmesg: &[&str],
+        caps: &[(&str, &str)],
+    ) -> Vec<BootRecord> {
+        let caps: BTreeMap<&str, &str> = caps.iter().cloned().collect();
+        let mut values = BTreeMap::new();
+        let mut recs = Vec::new();
+        for boot in &case.boots {
+            let mut steps = Vec::new();
+            for s in &boot.steps {
+                let mut r = StepRecord::default();
+                if s.is_crash() {
+                } else if !step_enabled(s, &values) {
+                    r.skipped = true;
+                } else if let StepKind::Classify { name, outcomes, .. } = &s.kind {
+                    r.status = Some(status);
+                    r.dmesg = dmesg.iter().map(|l| l.to_string()).collect();
+                    let label = classify(outcomes, status, &r.dmesg);
+                    r.label = Some(label.clone());
+                    values.insert(name.clone(), label);
+                } else {
+                    r.status = Some(0);
+                    if let StepKind::Capture { name, .. } = &s.kind {
+                        r.stdout = format!("{}\n", caps.get(name.as_str()).copied().unwrap_or("1"));
+                        values.insert(name.clone(), trimmed(&r.stdout));
+                    }
+                }
+                steps.push(r);
+            }
+            let crash = boot.ends_in_crash();
+            recs.push(BootRecord {
+                started: true,
+                release: Some("6.12.117-test".into()),
+                targets: Some("cache            v2.3.0\n".into()),
+                steps,
+                crash_marker: crash,
+                done: !crash,
+                ..Default::default()
+            });
+        }
+        recs
+    }
 }
 
 #[cfg(test)]

@@ -18,7 +18,8 @@ fn spinner_style() -> ProgressStyle {
 pub struct Progress {
     bar: ProgressBar,
     prefix: String,
-    boot: String,
+    /// The boot the line is about (`boot 1/2 populate`), for the step lines.
+    boot: std::sync::Mutex<String>,
 }
 
 impl Progress {
@@ -34,47 +35,44 @@ impl Progress {
         Progress {
             bar,
             prefix: prefix.to_string(),
-            boot: String::new(),
+            boot: std::sync::Mutex::new(String::new()),
         }
     }
 
-    pub fn message(&self, m: &str) {
-        self.bar.set_message(m.to_string());
-    }
-
-    pub fn notice(&self, m: &str) {
-        self.bar.println(format!("note: {m}"));
-    }
-
-    pub fn event(&mut self, e: Event) {
+    pub fn event(&self, e: Event) {
+        let mut boot = self.boot.lock().unwrap();
         match e {
+            Event::Prepare(m) => self.bar.set_message(m),
+            Event::Notice(_) | Event::Warning(_) | Event::JobEnd(_) => {
+                if let Some(line) = e.plain() {
+                    self.bar.println(line);
+                }
+            }
             Event::BootStart {
-                boot,
+                boot: b,
                 boots,
                 name,
                 attempt,
             } => {
-                self.boot = format!("boot {}/{} {name}", boot + 1, boots);
+                *boot = format!("boot {}/{} {name}", b + 1, boots);
                 let retry = if attempt > 1 { " (retry)" } else { "" };
-                self.bar
-                    .set_message(format!("{}{retry}: booting", self.boot));
+                self.bar.set_message(format!("{boot}{retry}: booting"));
             }
             Event::Step {
                 step, steps, label, ..
             } => {
                 self.bar
-                    .set_message(format!("{}: step {}/{steps} {label}", self.boot, step + 1));
+                    .set_message(format!("{boot}: step {}/{steps} {label}", step + 1));
             }
             Event::BootEnd { end, seconds, .. } => {
                 let mark = if end.as_planned() { "✓" } else { "✗" };
                 self.bar.println(format!(
                     "{mark} {} {}: {} ({seconds:.1} s)",
                     self.prefix,
-                    self.boot,
+                    boot,
                     end.describe()
                 ));
             }
-            Event::Notice(m) => self.notice(&m),
         }
     }
 
@@ -520,24 +518,28 @@ impl MultiUi {
         }
     }
 
-    /// `None` event: a message for the label, or the end of that label's job.
-    pub fn event(&self, label: &str, e: Option<Event>) {
+    /// An event of the job `label`: its own progress line while it runs; notes, warnings and
+    /// the job's summary are kept above the lines, with the label.
+    pub fn event(&self, label: &str, e: Event) {
         let mut bars = self.bars.lock().unwrap();
         match e {
-            Some(e) => {
+            Event::Notice(_) | Event::Warning(_) | Event::JobEnd(_) => {
+                if matches!(e, Event::JobEnd(_)) {
+                    if let Some(p) = bars.remove(label) {
+                        p.finish();
+                    }
+                }
+                if let Some(line) = e.prefixed(label).plain() {
+                    let _ = self.multi.println(line);
+                }
+            }
+            e => {
                 let p = bars.entry(label.to_string()).or_insert_with(|| {
                     let bar = self.multi.add(ProgressBar::new_spinner());
                     bar.set_style(spinner_style());
                     Progress::with_bar(bar, label)
                 });
                 p.event(e);
-            }
-            None => {
-                if let Some(p) = bars.remove(label) {
-                    p.finish();
-                } else {
-                    let _ = self.multi.println(label);
-                }
             }
         }
     }

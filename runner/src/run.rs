@@ -1,9 +1,10 @@
 //! Runs one case on one kernel: a work dir with sparse raw disks and a results dir, then one
 //! VM per boot on the same disks, in order.  A boot that never reached its first step is an
-//! infrastructure failure and is retried once.  Emits [`Event`]s for the UI.
+//! infrastructure failure and is retried once.  Emits [`Event`]s (boots and steps).
 
 use crate::case::Case;
 use crate::console::{self, ConsoleScan};
+pub use crate::event::{BootEnd, Event};
 use crate::guest::{self, BootRecord};
 use crate::kernel::Kernel;
 use crate::replay;
@@ -26,8 +27,6 @@ pub struct RunOptions {
     pub cpus: Option<u32>,
     /// Guest root filesystem (`--image`); `None` = host root, read-only.
     pub root: Option<PathBuf>,
-    /// For matrices: use this accelerator instead of probing each kernel.
-    pub accel_override: Option<Accel>,
     /// Copy each run's `logs/` and `results/` (not the disks) into a new dir under this one.
     pub save_logs: Option<PathBuf>,
     /// Extra kernel command-line parameters for every boot.
@@ -46,78 +45,9 @@ impl RunOptions {
             memory: None,
             cpus: None,
             root: None,
-            accel_override: None,
             save_logs: None,
             kernel_args: Vec::new(),
             record: false,
-        }
-    }
-}
-
-/// Progress events for the UI.
-#[derive(Debug, Clone)]
-pub enum Event {
-    BootStart {
-        boot: usize,
-        boots: usize,
-        name: String,
-        attempt: u32,
-    },
-    Step {
-        boot: usize,
-        step: usize,
-        steps: usize,
-        label: String,
-    },
-    BootEnd {
-        boot: usize,
-        end: BootEnd,
-        seconds: f64,
-    },
-    Notice(String),
-}
-
-/// How a boot ended, from the results dir, the process and the console.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case", tag = "kind", content = "detail")]
-pub enum BootEnd {
-    /// Ran to the end of its steps and powered off.
-    Exited,
-    /// Reached its `crash` step and the machine reset.
-    Reset,
-    /// A step failed its expectation; the guest stopped the boot there.
-    Aborted(String),
-    Panic(String),
-    /// Still running at the timeout.
-    Hang,
-    /// The guest's setup failed (no dm-cache target, disk missing …).
-    GuestError(String),
-    /// Never reached the first step, twice.
-    Infra(String),
-    /// QEMU/vng ended without a reset, a panic or the done marker.
-    Died(String),
-    Interrupted,
-}
-
-impl BootEnd {
-    /// The boot went to an end the guest script reaches: it exited after its last step or reset
-    /// at its `crash` step (which of the two the case planned, [`crate::check`] checks).  Only
-    /// then do the next boot, and the verdict, look at what it left.
-    pub fn as_planned(&self) -> bool {
-        matches!(self, BootEnd::Exited | BootEnd::Reset)
-    }
-
-    pub fn describe(&self) -> String {
-        match self {
-            BootEnd::Exited => "exited".into(),
-            BootEnd::Reset => "reset by sysrq-b".into(),
-            BootEnd::Aborted(m) => format!("stopped: {m}"),
-            BootEnd::Panic(m) => format!("kernel panic: {m}"),
-            BootEnd::Hang => "hang (timeout)".into(),
-            BootEnd::GuestError(m) => format!("guest setup failed: {m}"),
-            BootEnd::Infra(m) => format!("infrastructure failure: {m}"),
-            BootEnd::Died(m) => format!("VM died: {m}"),
-            BootEnd::Interrupted => "interrupted".into(),
         }
     }
 }

@@ -62,9 +62,12 @@ fn get_kernel(kernels: &Kernels, spec: &str) -> Result<(kernel::Kernel, vm::Acce
     let mut map = kernels.lock().unwrap();
     map.entry(spec.to_string())
         .or_insert_with(|| {
-            let (k, accel, notice) =
-                kernel::prepare(spec, None, &mut |m| eprintln!("[{spec}] {m}"))
-                    .map_err(|e| format!("cannot get kernel {spec}: {e:#}"))?;
+            let (k, accel, notice) = kernel::prepare(spec, &mut |e| {
+                if let Some(line) = e.plain() {
+                    eprintln!("[{spec}] {line}")
+                }
+            })
+            .map_err(|e| format!("cannot get kernel {spec}: {e:#}"))?;
             if let Some(n) = notice {
                 eprintln!("[{spec}] note: {n}");
             }

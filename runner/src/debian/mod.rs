@@ -21,6 +21,7 @@ pub mod version;
 
 pub use index::{Form, Index, KernelEntry};
 
+use crate::event::Event;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -82,7 +83,7 @@ impl Archive {
     pub fn index(
         &self,
         refresh: Refresh,
-        progress: &mut dyn FnMut(&str),
+        progress: &mut dyn FnMut(Event),
     ) -> Result<(Index, IndexInfo)> {
         let due = refresh == Refresh::Force || self.sources_changed || self.state.stale();
         let mut info = IndexInfo {
@@ -91,11 +92,11 @@ impl Archive {
             warnings: vec![],
         };
         if due {
-            progress(&format!(
+            progress(Event::Prepare(format!(
                 "apt-get update: {} suites (mirror from {})",
                 self.suites.len() - self.skipped.len(),
                 self.mirrors.from
-            ));
+            )));
             match self.state.update() {
                 Ok(w) => {
                     info.refreshed = true;
@@ -115,14 +116,14 @@ impl Archive {
 
 /// The available kernels from `debian:A` to `debian:B` ([`Index::range`]), with the index
 /// refreshed when due.
-pub fn kernel_range(a: &str, b: &str, progress: &mut dyn FnMut(&str)) -> Result<index::Range> {
+pub fn kernel_range(a: &str, b: &str, progress: &mut dyn FnMut(Event)) -> Result<index::Range> {
     let (Some(lo), Some(hi)) = (a.strip_prefix("debian:"), b.strip_prefix("debian:")) else {
         bail!("{a}..{b}: a range needs debian: ends (e.g. debian:6.16..debian:7.3); name other kernels as a comma list");
     };
     let archive = Archive::open()?;
     let (index, info) = archive.index(Refresh::IfStale, progress)?;
     for w in &info.warnings {
-        progress(&format!("warning: {w}"));
+        progress(Event::Warning(w.to_string()));
     }
     index.range(lo, hi)
 }
@@ -141,7 +142,7 @@ fn is_complete(dir: &Path) -> bool {
 /// Resolves a `debian:` spec (without the prefix) and fetches the kernel into the cache if
 /// needed; returns its directory.  An ABI name already in the cache needs no network; a
 /// series with no reachable index falls back to the newest cached kernel of that series.
-pub fn fetch_kernel(spec: &str, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
+pub fn fetch_kernel(spec: &str, progress: &mut dyn FnMut(Event)) -> Result<PathBuf> {
     // An ABI name (not a series: `debian:7.3` means 7.3.x, not experimental's `7.3` ABI).
     let cached = kernel_dir(spec);
     if !version::is_series(spec) && is_complete(&cached) {
@@ -150,7 +151,7 @@ pub fn fetch_kernel(spec: &str, progress: &mut dyn FnMut(&str)) -> Result<PathBu
     let resolved = Archive::open().and_then(|a| {
         let (index, info) = a.index(Refresh::IfStale, progress)?;
         for w in &info.warnings {
-            progress(&format!("warning: {w}"));
+            progress(Event::Warning(w.to_string()));
         }
         Ok((a, index))
     });
@@ -158,10 +159,10 @@ pub fn fetch_kernel(spec: &str, progress: &mut dyn FnMut(&str)) -> Result<PathBu
         Ok(x) => x,
         Err(e) => {
             if let Some(dir) = newest_cached(spec) {
-                progress(&format!(
+                progress(Event::Warning(format!(
                     "no Debian index ({e:#}); using the cached {}",
                     dir.display()
-                ));
+                )));
                 return Ok(dir);
             }
             return Err(e);
@@ -175,7 +176,7 @@ pub fn fetch_kernel(spec: &str, progress: &mut dyn FnMut(&str)) -> Result<PathBu
 pub fn fetch_entry(
     archive: &Archive,
     entry: &KernelEntry,
-    progress: &mut dyn FnMut(&str),
+    progress: &mut dyn FnMut(Event),
 ) -> Result<PathBuf> {
     let dir = kernel_dir(&entry.abi);
     if is_complete(&dir) {
@@ -191,20 +192,20 @@ pub fn fetch_entry(
         .tempdir_in(&parent)
         .with_context(|| format!("creating a temporary directory in {}", parent.display()))?;
     let names: Vec<&str> = entry.packages.iter().map(|(p, _)| p.as_str()).collect();
-    progress(&format!(
+    progress(Event::Prepare(format!(
         "apt-get download {} ({})",
         names.join(" "),
         entry.version
-    ));
+    )));
     let debs = archive
         .state
         .download(&entry.packages, &work.path().join("debs"))?;
     let root = work.path().join("root");
     for deb in &debs {
-        progress(&format!(
+        progress(Event::Prepare(format!(
             "unpacking {}",
             deb.file_name().unwrap_or_default().to_string_lossy()
-        ));
+        )));
         dpkg_extract(deb, &root)?;
         std::fs::remove_file(deb)?;
     }
@@ -312,7 +313,7 @@ impl SourceTree {
 
 /// Every series the archive has a tree of (`linux-source-*` or a `linux` upload), oldest
 /// first.
-pub fn known_series(progress: &mut dyn FnMut(&str)) -> Result<Vec<String>> {
+pub fn known_series(progress: &mut dyn FnMut(Event)) -> Result<Vec<String>> {
     let archive = Archive::open()?;
     let (index, _) = archive.index(Refresh::IfStale, progress)?;
     let mut v: Vec<String> = archive
@@ -331,7 +332,7 @@ pub fn known_series(progress: &mut dyn FnMut(&str)) -> Result<Vec<String>> {
 /// `6.12=6.12.117-1~deb12u1` (that package version).  `linux-source-SERIES` where the
 /// archive has a matching one; otherwise the orig tarball of a `linux` source upload that
 /// the mirror still serves (asked once, the answer cached).  `None` when no index can be had.
-pub fn source_tree(spec: &str, progress: &mut dyn FnMut(&str)) -> Result<Option<SourceTree>> {
+pub fn source_tree(spec: &str, progress: &mut dyn FnMut(Event)) -> Result<Option<SourceTree>> {
     let (series, pin) = parse_source_spec(spec)?;
     let pkg = format!("linux-source-{series}");
     let got = Archive::open().and_then(|a| {
@@ -341,7 +342,7 @@ pub fn source_tree(spec: &str, progress: &mut dyn FnMut(&str)) -> Result<Option<
     let (archive, index) = match got {
         Ok(x) => x,
         Err(e) => {
-            progress(&format!("no Debian index: {e:#}"));
+            progress(Event::Warning(format!("no Debian index: {e:#}")));
             return Ok(None);
         }
     };
@@ -424,7 +425,10 @@ pub struct SourceRow {
 /// Every tree of a series (or of every series) that the index knows, newest first: the
 /// `linux-source-*` packages, then each `linux` upload's orig tarball, asked of the mirror
 /// once (the answers cached).
-pub fn source_rows(series: Option<&str>, progress: &mut dyn FnMut(&str)) -> Result<Vec<SourceRow>> {
+pub fn source_rows(
+    series: Option<&str>,
+    progress: &mut dyn FnMut(Event),
+) -> Result<Vec<SourceRow>> {
     let archive = Archive::open()?;
     let (index, _) = archive.index(Refresh::IfStale, progress)?;
     let records = archive.state.load_sources()?;
@@ -466,7 +470,7 @@ pub fn source_rows(series: Option<&str>, progress: &mut dyn FnMut(&str)) -> Resu
 /// `build:debian:V` specs, oldest first — every upstream version with a tree that can be had
 /// (a `linux-source-*` package or a served orig tarball); the others are left out, named.
 /// Bisecting over them fills the hole Debian's binaries leave (6.19–7.1 modules are gone).
-pub fn tree_range(lo: &str, hi: &str, progress: &mut dyn FnMut(&str)) -> Result<index::Range> {
+pub fn tree_range(lo: &str, hi: &str, progress: &mut dyn FnMut(Event)) -> Result<index::Range> {
     for v in [lo, hi] {
         if version::series(v).is_none() {
             bail!("build:debian:{v}: a tree range names upstream versions, e.g. build:debian:6.19.6..build:debian:7.1.13");
@@ -572,19 +576,19 @@ pub fn unpack_source(
     pkg: &str,
     version: &str,
     into: &Path,
-    progress: &mut dyn FnMut(&str),
+    progress: &mut dyn FnMut(Event),
 ) -> Result<()> {
     let work = partial_dir(into)?;
-    progress(&format!("apt-get download {pkg}={version}"));
+    progress(Event::Prepare(format!("apt-get download {pkg}={version}")));
     let archive = Archive::open()?;
     let deb = archive
         .state
         .download(&[(pkg.to_string(), version.to_string())], work.path())?
         .remove(0);
-    progress(&format!(
+    progress(Event::Prepare(format!(
         "dpkg-deb -x {}",
         deb.file_name().unwrap_or_default().to_string_lossy()
-    ));
+    )));
     let x = work.path().join("x");
     dpkg_extract(&deb, &x)?;
     std::fs::remove_file(&deb)?;
@@ -592,7 +596,7 @@ pub fn unpack_source(
     if !tarball.is_file() {
         bail!("{pkg}={version} has no usr/src/{pkg}.tar.xz");
     }
-    progress(&format!("unpacking {pkg}.tar.xz"));
+    progress(Event::Prepare(format!("unpacking {pkg}.tar.xz")));
     let mut tar = Command::new("tar");
     tar.arg("-xf").arg(&tarball).current_dir(work.path());
     succeed(

@@ -8,6 +8,7 @@
 //! atomically.
 
 use super::version;
+use crate::event::Event;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -212,16 +213,21 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 /// that `into` becomes the tree's top directory — all in a temporary directory beside
 /// `into`, renamed only when complete: a failure (404, checksum mismatch, a full disk)
 /// leaves nothing behind.
-pub fn fetch(tree: &Tree, mirror: &str, into: &Path, progress: &mut dyn FnMut(&str)) -> Result<()> {
+pub fn fetch(
+    tree: &Tree,
+    mirror: &str,
+    into: &Path,
+    progress: &mut dyn FnMut(Event),
+) -> Result<()> {
     crate::cache::ensure_space(&format!("the download of {}", tree.orig.name))?;
     let work = super::partial_dir(into)?;
     let url = tree.url(mirror);
     let file = work.path().join(&tree.orig.name);
-    progress(&format!(
+    progress(Event::Prepare(format!(
         "downloading {} ({} MB)",
         tree.orig.name,
         tree.orig.size / 1_000_000
-    ));
+    )));
     let mut curl = Command::new("curl");
     // A stalled transfer (under 1 kB/s for a minute) fails instead of hanging.
     curl.args(["-sS", "-f", "-L", "--connect-timeout", "20"])
@@ -237,7 +243,7 @@ pub fn fetch(tree: &Tree, mirror: &str, into: &Path, progress: &mut dyn FnMut(&s
             tree.orig.sha256
         );
     }
-    progress(&format!("unpacking {}", tree.orig.name));
+    progress(Event::Prepare(format!("unpacking {}", tree.orig.name)));
     let x = work.path().join("x");
     std::fs::create_dir_all(&x)?;
     let mut tar = Command::new("tar");

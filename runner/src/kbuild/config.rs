@@ -4,6 +4,7 @@
 
 use super::exec::{run_checked, run_logged};
 use super::patch::TreeState;
+use crate::event::Event;
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use std::fs;
@@ -14,7 +15,7 @@ pub(super) fn prepare_tree(
     bdir: &Path,
     tree: &Path,
     frags: &[Fragment],
-    progress: &mut dyn FnMut(&str),
+    progress: &mut dyn FnMut(Event),
 ) -> Result<()> {
     for stale in ["tree", "pristine", "state.json", "config.base"] {
         let p = bdir.join(stale);
@@ -24,12 +25,17 @@ pub(super) fn prepare_tree(
             fs::remove_file(&p)?;
         }
     }
-    progress(&format!("copying source to {}", tree.display()));
+    progress(Event::Prepare(format!(
+        "copying source to {}",
+        tree.display()
+    )));
     let from = format!("{}/", src.display());
     let to = format!("{}/", tree.display());
     run_checked(bdir, &["rsync", "-a", "--exclude=/.git", &from, &to])?;
     if tree.join(".config").exists() || tree.join("include/config").exists() {
-        progress("source was built in-tree: make mrproper (in the copy)");
+        progress(Event::Prepare(
+            "source was built in-tree: make mrproper (in the copy)".into(),
+        ));
         run_checked(tree, &["make", "-s", "mrproper"])?;
     }
 
@@ -46,16 +52,16 @@ pub(super) fn prepare_tree(
 
     let log = bdir.join("config.log");
     let _ = fs::remove_file(&log);
-    progress("configuring: make tinyconfig");
+    progress(Event::Prepare("configuring: make tinyconfig".into()));
     run_logged(tree, &["make", "tinyconfig"], &log, false, progress)?;
-    progress("merging kconfig fragments");
+    progress(Event::Prepare("merging kconfig fragments".into()));
     let mut merge = vec!["scripts/kconfig/merge_config.sh", "-m", ".config"];
     merge.extend(frag_files.iter().map(String::as_str));
     run_logged(tree, &merge, &log, false, progress)?;
     run_logged(tree, &["make", "olddefconfig"], &log, false, progress)?;
     let config = fs::read_to_string(tree.join(".config")).context("reading merged .config")?;
     for n in check_fragments(frags, &config)? {
-        progress(&n);
+        progress(Event::Notice(n));
     }
     fs::write(bdir.join("config.base"), &config)?;
     fs::write(
@@ -63,7 +69,7 @@ pub(super) fn prepare_tree(
         serde_json::to_string(&TreeState::default())?,
     )?;
     fs::write(bdir.join("configured"), "")?;
-    progress("config ready");
+    progress(Event::Prepare("config ready".into()));
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! Running the build's commands: kbuild's environment (ccache on PATH), output capture,
 //! and a log-following runner that reports the latest `CC …` line.
 
+use crate::event::Event;
 use anyhow::{bail, Context, Result};
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -85,7 +86,7 @@ pub(super) fn run_logged(
     argv: &[&str],
     log: &Path,
     show: bool,
-    progress: &mut dyn FnMut(&str),
+    progress: &mut dyn FnMut(Event),
 ) -> Result<()> {
     let mut f = fs::OpenOptions::new()
         .create(true)
@@ -123,10 +124,10 @@ pub(super) fn run_logged(
                 if last_shown.elapsed() >= Duration::from_secs(1) {
                     if let Some(l) = complete.lines().rev().find(|l| is_kbuild_line(l)) {
                         let l = l.replace(&format!("{}/", cwd.display()), "");
-                        progress(&format!(
+                        progress(Event::Prepare(format!(
                             "make: {}",
                             l.split_whitespace().collect::<Vec<_>>().join(" ")
-                        ));
+                        )));
                         last_shown = Instant::now();
                     }
                 }

@@ -30,6 +30,7 @@
 //! (`LOCALVERSION=-dmt<8 hex of variantkey>`, `LOCALVERSION_AUTO=n`), so `uname -r`
 //! tells variants apart.
 
+use crate::event::Event;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -82,7 +83,7 @@ pub struct BuiltKernel {
 
 /// The unpacked source tree of `src` (fetched and unpacked into the cache once), and its
 /// identity — for a look at the tree before building it (e.g. whether a patch applies).
-pub fn source_dir(src: &SourceSpec, progress: &mut dyn FnMut(&str)) -> Result<(PathBuf, String)> {
+pub fn source_dir(src: &SourceSpec, progress: &mut dyn FnMut(Event)) -> Result<(PathBuf, String)> {
     let ident = source_identity(src)?;
     let dir = ensure_source(src, &ident, progress)?;
     Ok((dir, ident.identity))
@@ -146,21 +147,25 @@ fn make_variant(
     tag: &str,
     jobs: usize,
     log: &Path,
-    progress: &mut dyn FnMut(&str),
+    progress: &mut dyn FnMut(Event),
 ) -> Result<(String, f64)> {
     let cur = fs::read_to_string(tree.join(".config")).unwrap_or_default();
     if cur != base {
         fs::write(tree.join(".config"), base)?;
     }
     if patches.iter().any(PatchInput::touches_kconfig) {
-        progress("a patch touches Kconfig: make olddefconfig");
+        progress(Event::Prepare(
+            "a patch touches Kconfig: make olddefconfig".into(),
+        ));
         run_logged(tree, &["make", "olddefconfig"], log, false, progress)?;
         let now = fs::read_to_string(tree.join(".config"))?;
         for n in check_fragments(frags, &now)? {
-            progress(&n);
+            progress(Event::Notice(n));
         }
     }
-    progress(&format!("make -j{jobs} bzImage (LOCALVERSION={tag})"));
+    progress(Event::Prepare(format!(
+        "make -j{jobs} bzImage (LOCALVERSION={tag})"
+    )));
     let tm = Instant::now();
     let j = format!("-j{jobs}");
     let lv = format!("LOCALVERSION={tag}");
@@ -170,7 +175,9 @@ fn make_variant(
     if !release.ends_with(tag) {
         bail!("kernel release `{release}` does not end with the variant tag `{tag}`");
     }
-    progress(&format!("built {release} in {make_secs:.0} s"));
+    progress(Event::Prepare(format!(
+        "built {release} in {make_secs:.0} s"
+    )));
     Ok((release, make_secs))
 }
 
@@ -211,14 +218,14 @@ fn publish(
 }
 
 /// Build (or find in the cache) the kernel `req` describes.
-pub fn build(req: &BuildRequest, progress: &mut dyn FnMut(&str)) -> Result<BuiltKernel> {
+pub fn build(req: &BuildRequest, progress: &mut dyn FnMut(Event)) -> Result<BuiltKernel> {
     let t0 = Instant::now();
     let jobs = req.jobs.max(1);
 
     let (kconfigs, frags, patches) = read_inputs(req)?;
 
     // Identity and keys.
-    progress(&format!("resolving source {}", req.src));
+    progress(Event::Prepare(format!("resolving source {}", req.src)));
     let ident = source_identity(&req.src)?;
     let srckey = short_hash(ident.identity.as_bytes());
     let cfgkey = config_key(&frags);
@@ -243,10 +250,12 @@ pub fn build(req: &BuildRequest, progress: &mut dyn FnMut(&str)) -> Result<Built
     let tree = bdir.join("tree");
     // The host's cores for the unpack, configure and make (VMs wait meanwhile).
     let mut cores = None;
-    let mut take_cores = |progress: &mut dyn FnMut(&str)| -> Result<()> {
+    let mut take_cores = |progress: &mut dyn FnMut(Event)| -> Result<()> {
         if cores.is_none() {
             let c = crate::cores::all_cores(&mut || {
-                progress("waiting for the host's cores (VMs or another build hold them)")
+                progress(Event::Prepare(
+                    "waiting for the host's cores (VMs or another build hold them)".into(),
+                ))
             })?;
             cores = Some(c);
         }
@@ -332,16 +341,16 @@ fn cached(
     patches: &[PatchInput],
     base: &str,
     t0: Instant,
-    progress: &mut dyn FnMut(&str),
+    progress: &mut dyn FnMut(Event),
 ) -> Result<(String, Option<BuiltKernel>)> {
     let key = variant_key(&ident.identity, &patch_bytes(patches), base);
     let hit = load_output(&outroot.join(&key), &key, t0)?;
     if let Some(k) = &hit {
-        progress(&format!(
+        progress(Event::Prepare(format!(
             "cache hit: {} ({})",
             k.release,
             k.bzimage.display()
-        ));
+        )));
     }
     Ok((key, hit))
 }

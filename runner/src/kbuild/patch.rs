@@ -2,6 +2,7 @@
 //! and reset back to pristine.
 
 use super::sha_hex;
+use crate::event::Event;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::fs;
@@ -215,19 +216,21 @@ pub(super) fn apply_patch_set(
     bdir: &Path,
     tree: &Path,
     patches: &[PatchInput],
-    progress: &mut dyn FnMut(&str),
+    progress: &mut dyn FnMut(Event),
 ) -> Result<()> {
     let want = sha_hex(&patch_bytes(patches));
     let mut st = read_state(bdir)?;
     if st.applied.as_deref() == Some(want.as_str()) {
-        progress("patch set already applied in the build tree");
+        progress(Event::Prepare(
+            "patch set already applied in the build tree".into(),
+        ));
         return Ok(());
     }
     if !st.touched.is_empty() {
-        progress(&format!(
+        progress(Event::Prepare(format!(
             "resetting {} patched file(s) to pristine",
             st.touched.len()
-        ));
+        )));
         reset_tree(bdir, tree, &mut st)?;
     }
     if patches.is_empty() {
@@ -268,7 +271,7 @@ pub(super) fn apply_patch_set(
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        progress(&format!("applying {name}"));
+        progress(Event::Prepare(format!("applying {name}")));
         let copy = pdir.join(format!("{i:02}-{name}"));
         fs::write(&copy, &p.bytes)?;
         // patch's own list of the files it would change must be the parser's: a file only
@@ -307,7 +310,7 @@ pub(super) fn apply_patch_set(
             .lines()
             .filter(|l| l.contains("Hunk") || l.contains("fuzz"))
         {
-            progress(&format!("  {l}"));
+            progress(Event::Prepare(format!("  {l}")));
         }
     }
     st.applied = Some(want);
@@ -443,7 +446,7 @@ rename to new2.c
             "bad.patch",
             "--- a/src/a.c\n+++ b/src/a.c\n@@ -1,3 +1,3 @@\n uno\n-dos\n+DOS\n tres\n",
         );
-        let mut p = |_: &str| {};
+        let mut p = |_: crate::event::Event| {};
         apply_patch_set(&bdir, &tree, std::slice::from_ref(&good), &mut p).unwrap();
         assert_eq!(
             fs::read_to_string(tree.join("src/a.c")).unwrap(),

@@ -4,6 +4,7 @@
 
 use super::short_hash;
 use crate::debian::SourceTree;
+use crate::event::Event;
 use anyhow::{anyhow, bail, Context, Result};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -230,7 +231,7 @@ pub(super) fn newest_mtime(root: &Path) -> u64 {
 pub(super) fn ensure_source(
     spec: &SourceSpec,
     ident: &Identity,
-    progress: &mut dyn FnMut(&str),
+    progress: &mut dyn FnMut(Event),
 ) -> Result<PathBuf> {
     match spec {
         SourceSpec::Dir(p) => Ok(p.canonicalize()?),

@@ -5,6 +5,7 @@
 
 pub mod layout;
 
+use crate::event::Event;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -343,25 +344,21 @@ fn dm_cache_support(
     Ok(DmCache::Unknown)
 }
 
-/// Resolves a spec to a bootable kernel (fetching or building it when needed).
 /// A kernel ready to boot and its accelerator, from a spec as the user wrote it: parse, fetch
-/// or build (`progress` gets their lines), then the KVM probe unless `accel` is given.  The
-/// third value is the probe's fallback notice (TCG, and why), for the caller to show once.
+/// or build (`progress` gets their events), then the KVM probe.  The third value is the
+/// probe's fallback notice (TCG, and why), for the caller to show once.
 pub fn prepare(
     spec: &str,
-    accel: Option<crate::vm::Accel>,
-    progress: &mut dyn FnMut(&str),
+    progress: &mut dyn FnMut(Event),
 ) -> Result<(Kernel, crate::vm::Accel, Option<String>)> {
     let parsed = KernelSpec::parse(spec)?;
     let k = resolve(&parsed, spec, progress)?;
-    let (accel, notice) = match accel {
-        Some(a) => (a, None),
-        None => crate::vm::choose_accel(&k.image)?,
-    };
+    let (accel, notice) = crate::vm::choose_accel(&k.image)?;
     Ok((k, accel, notice))
 }
 
-pub fn resolve(spec: &KernelSpec, label: &str, progress: &mut dyn FnMut(&str)) -> Result<Kernel> {
+/// Resolves a spec to a bootable kernel (fetching or building it when needed).
+pub fn resolve(spec: &KernelSpec, label: &str, progress: &mut dyn FnMut(Event)) -> Result<Kernel> {
     match spec {
         KernelSpec::Dir(d) => from_dir(d, label),
         KernelSpec::Debian(v) => {
@@ -377,7 +374,7 @@ fn build_kernel(
     src: &str,
     items: &[PathBuf],
     label: &str,
-    progress: &mut dyn FnMut(&str),
+    progress: &mut dyn FnMut(Event),
 ) -> Result<Kernel> {
     let built = crate::kbuild::build(&build_request(src, items)?, progress)?;
     let mut k = from_image(&built.bzimage, None, label)?;

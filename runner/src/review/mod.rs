@@ -11,6 +11,7 @@ pub mod apply;
 pub mod patch;
 pub mod trees;
 
+use crate::event::Event;
 use crate::kbuild::sha_hex;
 use crate::{case, check, debian, kbuild, kernel, run, vm};
 use answer::{Cell, Review, Row, TreeReview};
@@ -56,10 +57,10 @@ type TreeChoice = (String, std::result::Result<(String, String), String>);
 pub fn choose_trees(
     req: &Request,
     patches: &[Patch],
-    progress: &mut dyn FnMut(&str),
+    progress: &mut dyn FnMut(Event),
 ) -> Result<Vec<TreeChoice>> {
     let resolve = |spec: &str,
-                   progress: &mut dyn FnMut(&str)|
+                   progress: &mut dyn FnMut(Event)|
      -> std::result::Result<(String, String), String> {
         match debian::source_tree(spec, progress) {
             Ok(Some(t)) => Ok((format!("debian:{}", t.spec()), t.origin())),
@@ -143,20 +144,20 @@ struct Side {
     kernel: std::result::Result<(kernel::Kernel, vm::Accel), String>,
 }
 
-fn build_side(spec: &str, progress: &mut dyn FnMut(&str)) -> Side {
-    let got = kernel::prepare(spec, None, progress).map(|(k, accel, _)| (k, accel));
+fn build_side(spec: &str, progress: &mut dyn FnMut(Event)) -> Side {
+    let got = kernel::prepare(spec, progress).map(|(k, accel, _)| (k, accel));
     Side {
         kernel: got.map_err(|e| format!("{e:#}")),
     }
 }
 
 /// The review: trees, builds, every case on both sides, the answer.
-pub fn review(req: &Request, ui: &(dyn Fn(&str) + Sync)) -> Result<Review> {
+pub fn review(req: &Request, ui: &(dyn Fn(Event) + Sync)) -> Result<Review> {
     let t0 = Instant::now();
     let patches = load_patches(&req.inputs)?;
     let files = patch_files(&patches)?;
     let cases = load_cases(&req.cases)?;
-    let choices = choose_trees(req, &patches, &mut |m| ui(m))?;
+    let choices = choose_trees(req, &patches, &mut |e| ui(e))?;
     let frags = fragments(req, &cases);
     let mut trees = Vec::new();
     let mut untestable = Vec::new();
@@ -166,21 +167,26 @@ pub fn review(req: &Request, ui: &(dyn Fn(&str) + Sync)) -> Result<Review> {
         let (tree, origin) = match choice {
             Ok(x) => x,
             Err(why) => {
-                ui(&format!("{series}: not testable: {why}"));
+                ui(Event::Notice(format!("{series}: not testable: {why}")));
                 untestable.push((series, why));
                 continue;
             }
         };
-        ui(&format!("{tree} ({origin}): fetching the source"));
+        ui(Event::Prepare(format!(
+            "{tree} ({origin}): fetching the source"
+        )));
         let src = kbuild::SourceSpec::parse(&tree)?;
-        let applies = match kbuild::source_dir(&src, &mut |m| ui(&format!("{tree}: {m}"))) {
+        let applies = match kbuild::source_dir(&src, &mut |e| ui(e.prefixed(&tree))) {
             Ok((dir, _)) => apply::check(&dir, &patches)?,
             Err(e) => {
                 untestable.push((series, format!("{tree}: {e:#}")));
                 continue;
             }
         };
-        ui(&format!("{tree}: the patch {}", short_applies(&applies)));
+        ui(Event::Notice(format!(
+            "{tree}: the patch {}",
+            short_applies(&applies)
+        )));
         let specs = side_specs(&tree, &applies, &files, &frags);
         let built = build_sides(&tree, specs, ui);
         let (rows, errors, tree_jobs) = plan_rows(trees.len(), &cases, &built);
@@ -285,7 +291,7 @@ fn side_specs(
 fn build_sides(
     tree: &str,
     specs: [Option<String>; 2],
-    ui: &(dyn Fn(&str) + Sync),
+    ui: &(dyn Fn(Event) + Sync),
 ) -> [Option<Side>; 2] {
     let mut i = 0;
     specs.map(|s| {
@@ -296,8 +302,10 @@ fn build_sides(
             } else {
                 "without"
             };
-            ui(&format!("{tree}: building {which} the patch"));
-            build_side(&spec, &mut |m| ui(&format!("{tree}: {m}")))
+            ui(Event::Prepare(format!(
+                "{tree}: building {which} the patch"
+            )));
+            build_side(&spec, &mut |e| ui(e.prefixed(tree)))
         })
     })
 }
@@ -384,7 +392,7 @@ fn confirm_changes(
     cases: &[LoadedCase],
     trees: &mut [TreeReview],
     sides: &[[Option<Side>; 2]],
-    ui: &(dyn Fn(&str) + Sync),
+    ui: &(dyn Fn(Event) + Sync),
 ) -> Result<()> {
     let mut jobs = Vec::new();
     for (ti, t) in trees.iter().enumerate() {
@@ -409,10 +417,10 @@ fn confirm_changes(
     if jobs.is_empty() {
         return Ok(());
     }
-    ui(&format!(
+    ui(Event::Notice(format!(
         "{} case(s) change with the patch: running each once more on both sides",
         jobs.len() / 2
-    ));
+    )));
     let cells = run_jobs(req, cases, trees, sides, &jobs, true, ui)?;
     for (pair, cells) in jobs.chunks(2).zip(cells.chunks(2)) {
         trees[pair[0].tree].rows[pair[0].case].again = Some((cells[0].clone(), cells[1].clone()));
@@ -429,7 +437,7 @@ fn run_jobs(
     sides: &[[Option<Side>; 2]],
     jobs: &[Job],
     fresh: bool,
-    ui: &(dyn Fn(&str) + Sync),
+    ui: &(dyn Fn(Event) + Sync),
 ) -> Result<Vec<Cell>> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
@@ -456,7 +464,7 @@ fn run_jobs(
                 opts.accel = *accel;
                 let cell = one_cell(case, bytes, k, &opts, &runner, req.fresh || fresh);
                 let n = done.fetch_add(1, Ordering::SeqCst) + 1;
-                ui(&format!(
+                ui(Event::JobEnd(format!(
                     "[{n}/{}] {} on {}{}: {}{}",
                     jobs.len(),
                     case.name,
@@ -472,7 +480,7 @@ fn run_jobs(
                     } else {
                         format!(" ({:.0} s)", cell.seconds)
                     }
-                ));
+                )));
                 out.lock().unwrap()[i] = Some(cell);
             });
         }
