@@ -202,6 +202,9 @@ struct MatrixArgs {
     /// Only these kernels (names in the matrix, comma-separated).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Only the pairs of these cases (names, comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    cases: Vec<String>,
     /// Copy every run's console logs and results (not the disks) under DIR.
     #[arg(long)]
     logs: Option<PathBuf>,
@@ -494,6 +497,9 @@ fn cmd_matrix(a: &MatrixArgs) -> Result<i32> {
     }
     if !a.only.is_empty() {
         m = m.only(&a.only)?;
+    }
+    if !a.cases.is_empty() {
+        m = m.only_cases(&a.cases)?;
     }
     // Each kernel's accelerator is probed (or DMCACHE_VMTEST_ACCEL) as it is prepared.
     let mut opts = vm_options(vm::Accel::Tcg, &a.vm)?;

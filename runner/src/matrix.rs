@@ -197,6 +197,18 @@ impl Matrix {
         self.pairs.retain(|p| kernels.contains(&p.kernel));
         Ok(self)
     }
+
+    /// The pairs of these cases only.
+    pub fn only_cases(mut self, cases: &[String]) -> Result<Matrix> {
+        for c in cases {
+            anyhow::ensure!(
+                self.pairs.iter().any(|p| &p.case == c),
+                "--cases {c}: no pair of the matrix runs it"
+            );
+        }
+        self.pairs.retain(|p| cases.contains(&p.case));
+        Ok(self)
+    }
 }
 
 /// Paths inside `build:` specs are relative to the matrix file's directory.
@@ -799,6 +811,15 @@ pairs:
             .unwrap_err()
             .to_string()
             .contains("no such kernel"));
+    }
+
+    #[test]
+    fn only_cases_filters_pairs() {
+        let m = parse(M, "m.yaml").unwrap();
+        let cases = |c: &str| m.clone().only_cases(&[c.to_string()]);
+        assert_eq!(cases("unclean_passthrough").unwrap().pairs.len(), 1);
+        let e = cases("clean_passthrough").unwrap_err().to_string();
+        assert!(e.contains("--cases clean_passthrough: no pair"), "{e}");
     }
 
     #[test]
