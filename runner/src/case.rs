@@ -557,30 +557,94 @@ impl Cond {
     }
 }
 
-/// A case-level assertion over captures and kernel logs.  Exactly one of
-/// `equal`, `differ`, `dmesg_contains`, `dmesg_absent`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+/// A case-level assertion over captures and kernel logs.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(try_from = "RawAssertion")]
 pub struct Assertion {
-    #[serde(default)]
-    pub equal: Option<[String; 2]>,
-    #[serde(default)]
-    pub differ: Option<[String; 2]>,
-    /// Fixed string that must appear in the console log of `boot` (all boots if absent).
-    #[serde(default)]
-    pub dmesg_contains: Option<String>,
-    /// Fixed string that must not appear in the console log of `boot` (all boots if absent).
-    #[serde(default)]
-    pub dmesg_absent: Option<String>,
-    #[serde(default)]
+    pub check: Check,
+    /// The boot whose kernel log a `dmesg_*` check reads (all boots if absent).
     pub boot: Option<String>,
     /// What a failure means, e.g. "data loss: …"; shown in the verdict.
-    #[serde(default)]
     pub message: Option<String>,
-    #[serde(default)]
     pub when: Option<Cond>,
-    #[serde(default)]
     pub unless: Option<Cond>,
+}
+
+/// What an assertion checks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Check {
+    /// Two values (captures or classifications) are equal.
+    Equal([String; 2]),
+    /// Two values differ.
+    Differ([String; 2]),
+    /// A fixed string appears in the kernel log.
+    DmesgContains(String),
+    /// A fixed string does not appear in the kernel log.
+    DmesgAbsent(String),
+}
+
+impl Check {
+    /// The YAML key and the value names it compares (none for the kernel-log checks).
+    pub fn names(&self) -> (&'static str, &[String]) {
+        match self {
+            Check::Equal(p) => ("equal", p),
+            Check::Differ(p) => ("differ", p),
+            Check::DmesgContains(_) => ("dmesg_contains", &[]),
+            Check::DmesgAbsent(_) => ("dmesg_absent", &[]),
+        }
+    }
+}
+
+/// An assertion as authors write it: one flat mapping, exactly one of `equal`, `differ`,
+/// `dmesg_contains`, `dmesg_absent`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAssertion {
+    #[serde(default)]
+    equal: Option<[String; 2]>,
+    #[serde(default)]
+    differ: Option<[String; 2]>,
+    #[serde(default)]
+    dmesg_contains: Option<String>,
+    #[serde(default)]
+    dmesg_absent: Option<String>,
+    #[serde(default)]
+    boot: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    when: Option<Cond>,
+    #[serde(default)]
+    unless: Option<Cond>,
+}
+
+impl TryFrom<RawAssertion> for Assertion {
+    type Error = String;
+    fn try_from(r: RawAssertion) -> Result<Assertion, String> {
+        let mut checks: Vec<Check> = [
+            r.equal.map(Check::Equal),
+            r.differ.map(Check::Differ),
+            r.dmesg_contains.map(Check::DmesgContains),
+            r.dmesg_absent.map(Check::DmesgAbsent),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if checks.len() != 1 {
+            return Err(
+                "an assertion takes exactly one of `equal`, `differ`, `dmesg_contains`, `dmesg_absent`"
+                    .into(),
+            );
+        }
+        Ok(Assertion {
+            check: checks.remove(0),
+            boot: r.boot,
+            message: r.message,
+            when: r.when,
+            unless: r.unless,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -1234,28 +1298,12 @@ impl Case {
         use Seg::{Index, Key};
         for (i, a) in self.assert.iter().enumerate() {
             let at = |k: &'static str| vec![Key("assert"), Index(i), Key(k)];
-            let kinds = [
-                a.equal.is_some(),
-                a.differ.is_some(),
-                a.dmesg_contains.is_some(),
-                a.dmesg_absent.is_some(),
-            ]
-            .iter()
-            .filter(|x| **x)
-            .count();
-            if kinds != 1 {
-                return verr(
-                    vec![Key("assert"), Index(i)],
-                    "use exactly one of `equal`, `differ`, `dmesg_contains`, `dmesg_absent`".into(),
-                );
-            }
-            for (key, pair) in [("equal", &a.equal), ("differ", &a.differ)] {
-                for (j, n) in pair.iter().flatten().enumerate() {
-                    if !defined.contains(&n.as_str()) {
-                        let mut p = at(key);
-                        p.push(Index(j));
-                        return verr(p, format!("`{n}` is not captured by any step"));
-                    }
+            let (key, names) = a.check.names();
+            for (j, n) in names.iter().enumerate() {
+                if !defined.contains(&n.as_str()) {
+                    let mut p = at(key);
+                    p.push(Index(j));
+                    return verr(p, format!("`{n}` is not captured by any step"));
                 }
             }
             if let Some(bn) = &a.boot {
@@ -1512,6 +1560,26 @@ expect:
         assert!(e.contains("condition on `zz`"), "{e}");
         let e = err_of(&GOOD.replace("classify: { pt: refused }", "classify: { pt: refusd }"));
         assert!(e.contains("`refusd` is not an outcome label"), "{e}");
+    }
+
+    #[test]
+    fn an_assertion_has_exactly_one_check() {
+        let c = parse(GOOD, "good.yaml").unwrap();
+        assert_eq!(
+            c.assert[0].check,
+            Check::Differ(["dirty".into(), "later".into()])
+        );
+        for bad in [
+            "  - differ: [dirty, later]\n    equal: [dirty, later]\n",
+            "  - message: nothing to check\n",
+        ] {
+            let e = err_of(&GOOD.replace(
+                "  - differ: [dirty, later]\n    when: { pt: accepted }\n",
+                bad,
+            ));
+            assert!(e.contains("exactly one of `equal`, `differ`"), "{e}");
+            assert!(e.starts_with("bad.yaml:"), "{e}");
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! outcome for this kernel, and the per-boot kernel log check (panic, oops, BUG, WARN).
 //! Pure: takes a [`CaseRun`] (what happened) and the [`Case`] (what must hold).
 
-use crate::case::{Assertion, Case, KernelFacts};
+use crate::case::{Assertion, Case, Check, KernelFacts};
 use crate::guest::BootRecord;
 use crate::replay::{self, tail, Defined, StepState};
 use crate::run::{BootEnd, CaseRun};
@@ -137,16 +137,11 @@ fn release_mismatches(run: &CaseRun) -> Vec<Failure> {
 }
 
 fn assertion_text(a: &Assertion) -> String {
-    if let Some([x, y]) = &a.equal {
-        format!("{x} == {y}")
-    } else if let Some([x, y]) = &a.differ {
-        format!("{x} != {y}")
-    } else if let Some(m) = &a.dmesg_contains {
-        format!("kernel log contains `{m}`")
-    } else if let Some(m) = &a.dmesg_absent {
-        format!("kernel log lacks `{m}`")
-    } else {
-        "?".into()
+    match &a.check {
+        Check::Equal([x, y]) => format!("{x} == {y}"),
+        Check::Differ([x, y]) => format!("{x} != {y}"),
+        Check::DmesgContains(m) => format!("kernel log contains `{m}`"),
+        Check::DmesgAbsent(m) => format!("kernel log lacks `{m}`"),
     }
 }
 
@@ -435,12 +430,7 @@ fn assertion_failures(
     };
     let mut failures = Vec::new();
     for a in &case.assert {
-        let missing = a
-            .equal
-            .iter()
-            .chain(a.differ.iter())
-            .flatten()
-            .any(|n| !values.contains_key(n));
+        let missing = a.check.names().1.iter().any(|n| !values.contains_key(n));
         if missing && !boots_ok {
             continue;
         }
@@ -449,18 +439,17 @@ fn assertion_failures(
         {
             continue;
         }
-        let (ok, detail) = if let Some([x, y]) = a.equal.as_ref().or(a.differ.as_ref()) {
-            compare(values, x, y, a.equal.is_some())
-        } else if let Some(m) = &a.dmesg_contains {
-            (all_log(a.boot.as_deref()).contains(m.as_str()), vec![])
-        } else if let Some(m) = &a.dmesg_absent {
-            let log = all_log(a.boot.as_deref());
-            (
-                !log.contains(m.as_str()),
-                crate::console::context(&log, m, 1, 1),
-            )
-        } else {
-            (true, vec![])
+        let (ok, detail) = match &a.check {
+            Check::Equal([x, y]) => compare(values, x, y, true),
+            Check::Differ([x, y]) => compare(values, x, y, false),
+            Check::DmesgContains(m) => (all_log(a.boot.as_deref()).contains(m.as_str()), vec![]),
+            Check::DmesgAbsent(m) => {
+                let log = all_log(a.boot.as_deref());
+                (
+                    !log.contains(m.as_str()),
+                    crate::console::context(&log, m, 1, 1),
+                )
+            }
         };
         if !ok {
             let head = match &a.message {
