@@ -45,7 +45,7 @@ impl Progress {
             Event::Prepare(m) => self.bar.set_message(m),
             Event::Notice(_) | Event::Warning(_) | Event::JobEnd(_) => {
                 if let Some(line) = e.plain() {
-                    self.bar.println(line);
+                    say(self.bar.is_hidden(), line, |l| self.bar.println(l));
                 }
             }
             Event::BootStart {
@@ -78,6 +78,16 @@ impl Progress {
 
     pub fn finish(&self) {
         self.bar.finish_and_clear();
+    }
+}
+
+/// A line that must not be lost: above the progress lines on a terminal, on stderr when
+/// there is none (CI logs, pipes), where indicatif draws nothing.
+fn say(hidden: bool, line: String, println: impl FnOnce(String)) {
+    if hidden {
+        eprintln!("{line}");
+    } else {
+        println(line);
     }
 }
 
@@ -530,7 +540,9 @@ impl MultiUi {
                     }
                 }
                 if let Some(line) = e.prefixed(label).plain() {
-                    let _ = self.multi.println(line);
+                    say(self.multi.is_hidden(), line, |l| {
+                        let _ = self.multi.println(l);
+                    });
                 }
             }
             e => {
