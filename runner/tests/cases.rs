@@ -600,6 +600,43 @@ fn tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// Waits until the first boot of `child` is under way: a QEMU mentioning `needle` exists and
+/// the kernel prints to the first console log under `tmp`.  Returns the QEMU pids.
+fn wait_for_first_boot(
+    child: &mut std::process::Child,
+    needle: &str,
+    tmp: &Path,
+    output: &dyn Fn() -> String,
+) -> Result<Vec<i32>, Failed> {
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Err(format!(
+            "dmcache-vmtest exited ({st}) before its first boot was under way: is the kernel, QEMU or vng missing?\n{}",
+            output()
+        )
+        .into());
+        }
+        let qemus: Vec<i32> = processes_mentioning(needle)
+            .into_iter()
+            .filter(|(_, a)| is_qemu(a))
+            .map(|(p, _)| p)
+            .collect();
+        let console_started = work_dirs(tmp).iter().any(|w| {
+            std::fs::metadata(w.join("logs/boot-1-try-1.console.log")).is_ok_and(|m| m.len() > 0)
+        });
+        if !qemus.is_empty() && console_started {
+            return Ok(qemus);
+        }
+        if start.elapsed() > Duration::from_secs(300) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("no boot under way after 300 s\n{}", output()).into());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Runs `dmcache-vmtest case unclean_passthrough` (default kernel, from the user's cache) with
 /// a private TMPDIR, sends `sig` once its first boot's QEMU runs the kernel (the console log
 /// has output), and requires exit status 2, no QEMU (or anything else mentioning the private
@@ -633,34 +670,8 @@ fn interrupt(sig: Signal) -> Result<(), Failed> {
             tail(&err_log, 20)
         )
     };
-    // Wait until the first boot is under way: a QEMU of this run exists and the kernel prints.
     let start = Instant::now();
-    let qemus = loop {
-        if let Ok(Some(st)) = child.try_wait() {
-            return Err(format!(
-                "dmcache-vmtest exited ({st}) before its first boot was under way: is the kernel, QEMU or vng missing?\n{}",
-                output()
-            )
-            .into());
-        }
-        let qemus: Vec<i32> = processes_mentioning(&needle)
-            .into_iter()
-            .filter(|(_, a)| is_qemu(a))
-            .map(|(p, _)| p)
-            .collect();
-        let console_started = work_dirs(&tmp).iter().any(|w| {
-            std::fs::metadata(w.join("logs/boot-1-try-1.console.log")).is_ok_and(|m| m.len() > 0)
-        });
-        if !qemus.is_empty() && console_started {
-            break qemus;
-        }
-        if start.elapsed() > Duration::from_secs(300) {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!("no boot under way after 300 s\n{}", output()).into());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let qemus = wait_for_first_boot(&mut child, &needle, &tmp, &output)?;
     let booting = start.elapsed();
     kill(pid, sig).map_err(|e| format!("cannot send {sig:?} to {pid}: {e}"))?;
     let sent = Instant::now();
