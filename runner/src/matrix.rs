@@ -701,6 +701,36 @@ pairs:
     }
 
     #[test]
+    fn the_table_is_as_wide_as_its_longest_kernel_name() {
+        let m = parse(M, "m.yaml").unwrap();
+        let row = |kernel: &str| {
+            let mut pair = m.pairs[0].clone();
+            pair.kernel = kernel.into();
+            PairResult {
+                pair,
+                spec: "debian:6.12".into(),
+                runs: vec![verdict(Status::Pass, "accepted", &[])],
+                mismatches: vec![vec![]],
+                errors: vec![],
+            }
+        };
+        let table = crate::report::matrix_table(&[row("short"), row("tree-6.18.15-fixed")]);
+        let case_column: Vec<usize> = table
+            .lines()
+            .take(3)
+            .map(|l| {
+                l.find(if l.starts_with("kernel") {
+                    "case"
+                } else {
+                    "unclean"
+                })
+                .unwrap()
+            })
+            .collect();
+        assert_eq!(case_column, vec![19, 19, 19], "{table}");
+    }
+
+    #[test]
     fn coverage_has_kernels_as_rows_and_cases_as_columns() {
         let m = parse(M, "m.yaml").unwrap();
         let result = |kernel: &str, case: &str, v: Verdict| {

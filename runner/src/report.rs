@@ -475,9 +475,15 @@ fn describe_short(v: &Verdict) -> String {
 /// The matrix for a terminal.
 pub fn matrix_table(results: &[crate::matrix::PairResult]) -> String {
     let mut s = String::new();
+    // Columns as wide as their longest entry (at least the old fixed widths).
+    let width = |f: &dyn Fn(&crate::matrix::PairResult) -> usize, min: usize| {
+        results.iter().map(f).max().unwrap_or(0).max(min)
+    };
+    let kw = width(&|r| r.pair.kernel.chars().count(), 14);
+    let cw = width(&|r| r.pair.case.chars().count(), 28);
     let _ = writeln!(
         s,
-        "{:<14} {:<28} {:<12} {:<58} {:>8}",
+        "{:<kw$} {:<cw$} {:<12} {:<58} {:>8}",
         "kernel", "case", "expected", "result", "time"
     );
     for r in results {
@@ -496,7 +502,7 @@ pub fn matrix_table(results: &[crate::matrix::PairResult]) -> String {
         };
         let _ = writeln!(
             s,
-            "{:<14} {:<28} {:<12} {:<58} {time:>8} {mark}",
+            "{:<kw$} {:<cw$} {:<12} {:<58} {time:>8} {mark}",
             r.pair.kernel, r.pair.case, r.pair.outcome, result
         );
     }
