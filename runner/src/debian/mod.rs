@@ -252,12 +252,30 @@ pub(crate) fn succeed(
     let out = crate::proc::guarded_output(cmd)
         .with_context(|| format!("cannot run {what} ({install})"))?;
     if !out.status.success() {
+        // Asked now, while the partial output still fills the disk (it is removed after).
+        let full = crate::cache::space_hint().map_or(String::new(), |h| format!("{h}: "));
         bail!(
-            "{what} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
+            "{full}{what} failed: {}",
+            short_stderr(&String::from_utf8_lossy(&out.stderr))
         );
     }
     Ok(out)
+}
+
+/// A child's stderr for a one-line error: its first line, and when there are more, how many
+/// and the last (a `tar` on a full disk prints a line per file, tens of thousands).
+fn short_stderr(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    match lines.as_slice() {
+        [] => "(no output)".into(),
+        [one] => one.to_string(),
+        [first, last] => format!("{first} / {last}"),
+        [first, .., last] => format!("{first} … ({} more lines) … {last}", lines.len() - 2),
+    }
 }
 
 /// The newest complete `debian-ABI` kernel in the cache matching a series or ABI prefix.
@@ -615,6 +633,20 @@ pub fn unpack_source(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_childs_stderr_is_cut_to_one_line() {
+        assert_eq!(short_stderr(""), "(no output)");
+        assert_eq!(short_stderr("E: one\n"), "E: one");
+        assert_eq!(short_stderr("a\n\nb\n"), "a / b");
+        let many: String = (0..50_000)
+            .map(|i| format!("tar: f{i}: Cannot write\n"))
+            .collect();
+        assert_eq!(
+            short_stderr(&many),
+            "tar: f0: Cannot write … (49998 more lines) … tar: f49999: Cannot write"
+        );
+    }
 
     #[test]
     fn a_tree_range_keeps_what_can_be_had() {

@@ -265,7 +265,17 @@ pub fn build(req: &BuildRequest, progress: &mut dyn FnMut(Event)) -> Result<Buil
         let src = ensure_source(&req.src, &ident, progress)?;
         take_cores(progress)?;
         crate::cache::ensure_space("the kernel build")?;
-        prepare_tree(&src, &bdir, &tree, &frags, progress)?;
+        if let Err(e) = prepare_tree(&src, &bdir, &tree, &frags, progress) {
+            // A half-copied tree is of no use (the next build copies afresh) and, on a full
+            // disk, holds the space the user must free: name the fix while it is full, then
+            // remove it.
+            let hint = crate::cache::space_hint();
+            let _ = fs::remove_dir_all(&tree);
+            return Err(match hint {
+                Some(h) => e.context(format!("{h} (the half-copied tree is removed)")),
+                None => e,
+            });
+        }
     }
     let base = fs::read_to_string(bdir.join("config.base")).context("reading config.base")?;
     let key = match cached(&outroot, &ident, &patches, &base, t0, progress)? {
