@@ -109,6 +109,19 @@ pub fn space_hint() -> Option<String> {
     low_space_words(&root(), free)
 }
 
+/// `e` led by [`space_hint`]'s words when the cache's file system is (nearly) full now and `e`
+/// does not say so already.  Called where a failure's partial output is about to be removed
+/// (after which the disk no longer looks full), and by `main` for every other error.
+pub fn with_space_hint(e: anyhow::Error) -> anyhow::Error {
+    match space_hint() {
+        Some(h) if !format!("{e:#}").contains(FULL) => e.context(h),
+        _ => e,
+    }
+}
+
+/// The words every full-disk hint starts with.
+const FULL: &str = "the cache's file system is full";
+
 /// Fails with [`space_hint`]'s words before `what` (a download, an unpack, a build) starts on
 /// a full cache: apt-get update on a full disk was seen to hang for 10 minutes instead.
 pub fn ensure_space(what: &str) -> anyhow::Result<()> {
@@ -121,7 +134,7 @@ pub fn ensure_space(what: &str) -> anyhow::Result<()> {
 fn low_space_words(root: &Path, free: u64) -> Option<String> {
     (free < LOW_SPACE).then(|| {
         format!(
-            "the cache's file system is full ({} MiB free under {}): free space there or set DMCACHE_VMTEST_CACHE to a larger one",
+            "{FULL} ({} MiB free under {}): free space there or set DMCACHE_VMTEST_CACHE to a larger one",
             free >> 20,
             root.display()
         )

@@ -297,11 +297,7 @@ fn main() {
     let code = match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
-            let msg = format!("{e:#}");
-            match dmcache_vmtest::cache::space_hint() {
-                Some(hint) if !msg.contains(&hint) => eprintln!("error: {msg} ({hint})"),
-                _ => eprintln!("error: {msg}"),
-            }
+            eprintln!("error: {:#}", dmcache_vmtest::cache::with_space_hint(e));
             2
         }
     };

@@ -611,11 +611,8 @@ fn wait_for_first_boot(
     let start = Instant::now();
     loop {
         if let Ok(Some(st)) = child.try_wait() {
-            return Err(format!(
-            "dmcache-vmtest exited ({st}) before its first boot was under way: is the kernel, QEMU or vng missing?\n{}",
-            output()
-        )
-        .into());
+            let why = "before its first boot was under way: is the kernel, QEMU or vng missing?";
+            return Err(format!("dmcache-vmtest exited ({st}) {why}\n{}", output()).into());
         }
         let qemus: Vec<i32> = processes_mentioning(needle)
             .into_iter()

@@ -252,12 +252,12 @@ pub(crate) fn succeed(
     let out = crate::proc::guarded_output(cmd)
         .with_context(|| format!("cannot run {what} ({install})"))?;
     if !out.status.success() {
-        // Asked now, while the partial output still fills the disk (it is removed after).
-        let full = crate::cache::space_hint().map_or(String::new(), |h| format!("{h}: "));
-        bail!(
-            "{full}{what} failed: {}",
+        let e = anyhow::anyhow!(
+            "{what} failed: {}",
             short_stderr(&String::from_utf8_lossy(&out.stderr))
         );
+        // Asked now, while the partial output still fills the disk (it is removed after).
+        return Err(crate::cache::with_space_hint(e));
     }
     Ok(out)
 }

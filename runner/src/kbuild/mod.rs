@@ -269,12 +269,10 @@ pub fn build(req: &BuildRequest, progress: &mut dyn FnMut(Event)) -> Result<Buil
             // A half-copied tree is of no use (the next build copies afresh) and, on a full
             // disk, holds the space the user must free: name the fix while it is full, then
             // remove it.
-            let hint = crate::cache::space_hint();
+            let e = e.context("preparing the build tree (the half-copied tree is removed)");
+            let e = crate::cache::with_space_hint(e);
             let _ = fs::remove_dir_all(&tree);
-            return Err(match hint {
-                Some(h) => e.context(format!("{h} (the half-copied tree is removed)")),
-                None => e,
-            });
+            return Err(e);
         }
     }
     let base = fs::read_to_string(bdir.join("config.base")).context("reading config.base")?;
