@@ -398,10 +398,14 @@ fn cmd_kernel_build(
     p.finish();
     let b = built?;
     println!("{}", b.bzimage.display());
+    let how = if b.cache_hit {
+        "cache hit".to_string()
+    } else {
+        format!("built (make {:.1} s)", b.make_secs)
+    };
     eprintln!(
-        "release {}  {}  {:.1} s  (key {})",
+        "release {}  {how}  {:.1} s  (key {})",
         b.release,
-        if b.cache_hit { "cache hit" } else { "built" },
         b.build_secs,
         &b.key[..12.min(b.key.len())]
     );

@@ -29,6 +29,11 @@ pub(super) fn make_env(cmd: &mut Command) {
         let dir = crate::cache::dir("ccache");
         let _ = fs::create_dir_all(&dir);
         cmd.env("CCACHE_DIR", dir);
+        // Depend mode: a miss compiles once instead of running the preprocessor first to
+        // hash its output (kbuild passes -Wp,-MMD, which depend mode reads).  Measured on
+        // 6.18.5's drivers/acpi (214 objects, -j2): no ccache 20.6 s, ccache's default
+        // 33.2 s, depend mode 22.5 s cold and 2.3 s warm (docs/results.md).
+        cmd.env("CCACHE_DEPEND", "1");
         if let Some(cwd) = cmd.get_current_dir().map(Path::to_path_buf) {
             // Relative paths in the ccache key: hits across build trees.
             cmd.env("CCACHE_BASEDIR", cwd);

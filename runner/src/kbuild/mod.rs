@@ -6,6 +6,7 @@
 //! ```text
 //! src/linux-source-6.12_<version>/tree    unpacked Debian source (read-only for us)
 //! builds/<srckey>-<cfgkey>/tree           ONE configured build tree per source + fragments
+//!                                         (hard links into src/…/tree for the runner's own)
 //! builds/<srckey>-<cfgkey>/config.base    the merged, verified .config of that tree
 //! builds/<srckey>-<cfgkey>/pristine/…     pristine copies of the files patches touch
 //! builds/<srckey>-<cfgkey>/state.json     which patch set is applied, which files it touched
@@ -77,6 +78,8 @@ pub struct BuiltKernel {
     pub cache_hit: bool,
     /// Wall-clock seconds spent in [`build`] (everything: fetch, configure, patch, make).
     pub build_secs: f64,
+    /// Of those, the seconds of `make bzImage` (0 on a cache hit).
+    pub make_secs: f64,
     /// The variant key (sha256 hex of source identity + patch contents + merged config).
     pub key: String,
 }
@@ -303,6 +306,7 @@ pub fn build(req: &BuildRequest, progress: &mut dyn FnMut(Event)) -> Result<Buil
         release,
         cache_hit: false,
         build_secs: t0.elapsed().as_secs_f64(),
+        make_secs,
         key,
     })
 }
@@ -379,6 +383,7 @@ fn load_output(outdir: &Path, key: &str, t0: Instant) -> Result<Option<BuiltKern
         release,
         cache_hit: true,
         build_secs: t0.elapsed().as_secs_f64(),
+        make_secs: 0.0,
         key: key.to_string(),
     }))
 }

@@ -476,4 +476,59 @@ rename to new2.c
             "one\ntwo\nthree\n"
         );
     }
+
+    /// A build tree hard-linked from the cache's own source (`cp -al`): patching it and
+    /// resetting it leaves the source's files as they were, and the untouched files stay
+    /// shared.
+    #[test]
+    fn patching_a_hard_linked_tree_leaves_the_source_alone() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src/tree");
+        fs::create_dir_all(src.join("drivers")).unwrap();
+        fs::write(src.join("drivers/a.c"), "one\ntwo\nthree\n").unwrap();
+        fs::write(src.join("drivers/b.c"), "b\n").unwrap();
+        let (bdir, tree) = (d.path().join("b"), d.path().join("b/tree"));
+        fs::create_dir_all(&bdir).unwrap();
+        let argv = super::super::config::copy_argv(&src, &tree, true);
+        assert_eq!(argv[..2], ["cp", "-al"]);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        super::super::exec::run_checked(&bdir, &argv).unwrap();
+        let ino = |p: &Path| fs::metadata(p).unwrap().ino();
+        assert_eq!(
+            ino(&src.join("drivers/a.c")),
+            ino(&tree.join("drivers/a.c"))
+        );
+        let body =
+            "--- a/drivers/a.c\n+++ b/drivers/a.c\n@@ -1,3 +1,3 @@\n one\n-two\n+TWO\n three\n";
+        let path = d.path().join("p.patch");
+        fs::write(&path, body).unwrap();
+        let p = PatchInput {
+            path,
+            bytes: body.as_bytes().to_vec(),
+            files: patch_paths(body).unwrap(),
+        };
+        let mut ev = |_: crate::event::Event| {};
+        apply_patch_set(&bdir, &tree, std::slice::from_ref(&p), &mut ev).unwrap();
+        assert_eq!(
+            fs::read_to_string(tree.join("drivers/a.c")).unwrap(),
+            "one\nTWO\nthree\n"
+        );
+        assert_eq!(
+            fs::read_to_string(src.join("drivers/a.c")).unwrap(),
+            "one\ntwo\nthree\n"
+        );
+        apply_patch_set(&bdir, &tree, &[], &mut ev).unwrap();
+        assert_eq!(
+            fs::read_to_string(src.join("drivers/a.c")).unwrap(),
+            "one\ntwo\nthree\n"
+        );
+        assert_eq!(
+            ino(&src.join("drivers/b.c")),
+            ino(&tree.join("drivers/b.c"))
+        );
+        // A user's tree is copied, never linked.
+        let argv = super::super::config::copy_argv(&src, &tree, false);
+        assert_eq!(argv[..2], ["rsync", "-a"]);
+    }
 }
