@@ -771,6 +771,67 @@ mod tests {
         );
     }
 
+    /// A timed-out classification whose `timeout: true` outcome asks for a kernel-log line
+    /// the step did not print is unclassified, and the timeout is the host's failure: another
+    /// outcome's `timeout: true` or label must not excuse it.
+    #[test]
+    fn a_timeout_outcome_that_does_not_match_excuses_nothing() {
+        let text = "name: t\nsummary: t\ndisks: [{ name: sdc, size: 1MiB }]\nboots:\n  - name: one\n    steps:\n      - classify: c\n        run: sleep 60\n        timeout: 3\n        outcomes:\n          - { label: hung, timeout: true, dmesg: \"blocked for more than\" }\n          - { label: ok, status: 0 }\n";
+        let t = crate::case::parse(text, "t.yaml").unwrap();
+        let rec = |dmesg: &[&str]| {
+            vec![BootRecord {
+                started: true,
+                release: Some("6.12.117-test".into()),
+                targets: Some("cache            v2.3.0\n".into()),
+                steps: vec![StepRecord {
+                    status: Some(124),
+                    seconds: Some(3.02),
+                    label: Some("ok".into()),
+                    dmesg: dmesg.iter().map(|l| l.to_string()).collect(),
+                    ..Default::default()
+                }],
+                done: true,
+                ..Default::default()
+            }]
+        };
+        let v = judge(&t, &rec(&[]));
+        assert_eq!(v.classifications["c"].label, crate::case::UNCLASSIFIED);
+        assert_fails(&v, "no outcome says `timeout: true`");
+        let v = judge(
+            &t,
+            &rec(&["INFO: task dmsetup:99 blocked for more than 2 seconds."]),
+        );
+        assert_eq!(v.classifications["c"].label, "hung");
+        assert!(
+            !v.failures.iter().any(|f| f.what.contains("timed out")),
+            "{:?}",
+            v.failures
+        );
+    }
+
+    /// A splat in the guest's kernel log that the console also showed is reported once (as a
+    /// console splat); one the console missed is named beside it.
+    #[test]
+    fn a_splat_the_console_missed_is_named_beside_one_it_showed() {
+        let case = small_case("  - { equal: [a, d] }");
+        let mut recs = honest_guest(&case, 0, &[], &[]);
+        let shown = "BUG: kernel NULL pointer dereference, address: 0000000000000008";
+        let hidden = "WARNING: CPU: 0 PID: 1 at drivers/md/dm-cache-target.c:1234 f+0x1/0x2";
+        recs[0].steps[0].dmesg = vec![shown.into(), hidden.into()];
+        let mut run = run_of(&case, &recs);
+        run.boots[0].scan.splats = crate::console::scan(shown).splats;
+        assert_eq!(run.boots[0].scan.splats.len(), 1);
+        let v = evaluate(&case, &run);
+        let missed: Vec<&str> = v
+            .failures
+            .iter()
+            .map(|f| f.what.as_str())
+            .filter(|w| w.contains("not on the console"))
+            .collect();
+        assert_eq!(missed.len(), 1, "{:#?}", v.failures);
+        assert!(missed[0].contains("WARNING: CPU: 0"), "{missed:?}");
+    }
+
     /// An outcome that says `timeout: true` is the one label a timed-out classification gets.
     #[test]
     fn a_timeout_outcome_names_a_hang() {
@@ -998,6 +1059,14 @@ mod tests {
         recs[0].done = true;
         let v = judge(&case, &recs);
         assert_fails(&v, "although the host finds the step met its expectations");
+        // The stopping step says why: the boot's end adds no "no step says why".
+        assert!(
+            !v.failures
+                .iter()
+                .any(|f| f.what.contains("no step says why")),
+            "{:#?}",
+            v.failures
+        );
     }
 
     /// A one-boot case for the assertion and classification paths: `b` and `c` are only
