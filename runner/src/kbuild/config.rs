@@ -29,7 +29,7 @@ pub(super) fn prepare_tree(
         "copying source to {}",
         tree.display()
     )));
-    let argv = copy_argv(src, tree, owned_source(src));
+    let argv = copy_argv(src, tree, owned_source(src) && same_device(src, bdir));
     run_checked(bdir, &argv.iter().map(String::as_str).collect::<Vec<_>>())?;
     if tree.join(".config").exists() || tree.join("include/config").exists() {
         progress(Event::Prepare(
@@ -76,6 +76,15 @@ pub(super) fn prepare_tree(
 /// it, so a build tree may share its files.
 fn owned_source(src: &Path) -> bool {
     src.starts_with(crate::cache::dir("src"))
+}
+
+/// Hard links cannot cross file systems (a `builds/` mounted elsewhere): then it is a copy.
+fn same_device(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev(),
+        _ => false,
+    }
 }
 
 /// The command that makes `tree` a copy of `src`.  A tree the runner owns is hard-linked
