@@ -711,6 +711,18 @@ mod tests {
             .unwrap_or_else(|| panic!("no step `{what}` in boot {b}"))
     }
 
+    /// The records of a one-boot, one-step case that ran `step` and finished.
+    fn one_step_boot(step: StepRecord) -> Vec<BootRecord> {
+        vec![BootRecord {
+            started: true,
+            release: Some("6.12.117-test".into()),
+            targets: Some("cache            v2.3.0\n".into()),
+            steps: vec![step],
+            done: true,
+            ..Default::default()
+        }]
+    }
+
     /// A step killed by its timeout is the host's failure: `timeout` exits 124 (137 after the
     /// KILL), which `expect_status: nonzero` would accept and a `status: nonzero` outcome would
     /// read as a refusal.
@@ -737,18 +749,11 @@ mod tests {
         let text = "name: t\nsummary: t\ndisks: [{ name: sdc, size: 1MiB }]\nboots:\n  - name: one\n    steps:\n      - run: sleep 60\n        timeout: 3\n        expect_status: nonzero\n";
         let t = crate::case::parse(text, "t.yaml").unwrap();
         let rec = |seconds: f64| {
-            vec![BootRecord {
-                started: true,
-                release: Some("6.12.117-test".into()),
-                targets: Some("cache            v2.3.0\n".into()),
-                steps: vec![StepRecord {
-                    status: Some(124),
-                    seconds: Some(seconds),
-                    ..Default::default()
-                }],
-                done: true,
+            one_step_boot(StepRecord {
+                status: Some(124),
+                seconds: Some(seconds),
                 ..Default::default()
-            }]
+            })
         };
         let v = judge(&t, &rec(3.02));
         assert_eq!(
@@ -779,20 +784,13 @@ mod tests {
         let text = "name: t\nsummary: t\ndisks: [{ name: sdc, size: 1MiB }]\nboots:\n  - name: one\n    steps:\n      - classify: c\n        run: sleep 60\n        timeout: 3\n        outcomes:\n          - { label: hung, timeout: true, dmesg: \"blocked for more than\" }\n          - { label: ok, status: 0 }\n";
         let t = crate::case::parse(text, "t.yaml").unwrap();
         let rec = |dmesg: &[&str]| {
-            vec![BootRecord {
-                started: true,
-                release: Some("6.12.117-test".into()),
-                targets: Some("cache            v2.3.0\n".into()),
-                steps: vec![StepRecord {
-                    status: Some(124),
-                    seconds: Some(3.02),
-                    label: Some("ok".into()),
-                    dmesg: dmesg.iter().map(|l| l.to_string()).collect(),
-                    ..Default::default()
-                }],
-                done: true,
+            one_step_boot(StepRecord {
+                status: Some(124),
+                seconds: Some(3.02),
+                label: Some("ok".into()),
+                dmesg: dmesg.iter().map(|l| l.to_string()).collect(),
                 ..Default::default()
-            }]
+            })
         };
         let v = judge(&t, &rec(&[]));
         assert_eq!(v.classifications["c"].label, crate::case::UNCLASSIFIED);
