@@ -769,11 +769,7 @@ mod tests {
             v.failures
         );
         let v = judge(&t, &rec(0.4));
-        assert!(
-            !v.failures.iter().any(|f| f.what.contains("timed out")),
-            "{:?}",
-            v.failures
-        );
+        assert_no_failure(&v, "timed out");
     }
 
     /// A timed-out classification whose `timeout: true` outcome asks for a kernel-log line
@@ -800,11 +796,7 @@ mod tests {
             &rec(&["INFO: task dmsetup:99 blocked for more than 2 seconds."]),
         );
         assert_eq!(v.classifications["c"].label, "hung");
-        assert!(
-            !v.failures.iter().any(|f| f.what.contains("timed out")),
-            "{:?}",
-            v.failures
-        );
+        assert_no_failure(&v, "timed out");
     }
 
     /// A splat in the guest's kernel log that the console also showed is reported once (as a
@@ -965,6 +957,14 @@ mod tests {
         );
     }
 
+    fn assert_no_failure(v: &Verdict, what: &str) {
+        assert!(
+            !v.failures.iter().any(|f| f.what.contains(what)),
+            "no failure may say `{what}`: {:#?}",
+            v.failures
+        );
+    }
+
     #[test]
     fn lying_guest_missing_status() {
         let case = seed_case();
@@ -1058,13 +1058,7 @@ mod tests {
         let v = judge(&case, &recs);
         assert_fails(&v, "although the host finds the step met its expectations");
         // The stopping step says why: the boot's end adds no "no step says why".
-        assert!(
-            !v.failures
-                .iter()
-                .any(|f| f.what.contains("no step says why")),
-            "{:#?}",
-            v.failures
-        );
+        assert_no_failure(&v, "no step says why");
     }
 
     /// A one-boot case for the assertion and classification paths: `b` and `c` are only
