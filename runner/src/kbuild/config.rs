@@ -29,7 +29,7 @@ pub(super) fn prepare_tree(
         "copying source to {}",
         tree.display()
     )));
-    let argv = copy_argv(src, tree, owned_source(src) && same_device(src, bdir));
+    let argv = copy_argv(src, tree, may_link(src, &crate::cache::dir("src"), bdir));
     run_checked(bdir, &argv.iter().map(String::as_str).collect::<Vec<_>>())?;
     if tree.join(".config").exists() || tree.join("include/config").exists() {
         progress(Event::Prepare(
@@ -72,19 +72,17 @@ pub(super) fn prepare_tree(
     Ok(())
 }
 
-/// Whether `src` is a tree the runner unpacked into its own cache (`src/…`): nobody edits
-/// it, so a build tree may share its files.
-fn owned_source(src: &Path) -> bool {
-    src.starts_with(crate::cache::dir("src"))
-}
-
-/// Hard links cannot cross file systems (a `builds/` mounted elsewhere): then it is a copy.
-fn same_device(a: &Path, b: &Path) -> bool {
+/// Whether the build tree in `bdir` may share the files of `src`: only a tree the runner
+/// unpacked into its own cache (under `owned_root`, the cache's `src/`: nobody edits it), and
+/// only on `bdir`'s file system (hard links cannot cross one: a `builds/` mounted elsewhere
+/// gets a copy).
+pub(super) fn may_link(src: &Path, owned_root: &Path, bdir: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
-    match (fs::metadata(a), fs::metadata(b)) {
-        (Ok(x), Ok(y)) => x.dev() == y.dev(),
-        _ => false,
-    }
+    src.starts_with(owned_root)
+        && match (fs::metadata(src), fs::metadata(bdir)) {
+            (Ok(x), Ok(y)) => x.dev() == y.dev(),
+            _ => false,
+        }
 }
 
 /// The command that makes `tree` a copy of `src`.  A tree the runner owns is hard-linked

@@ -490,7 +490,9 @@ rename to new2.c
         fs::write(src.join("drivers/b.c"), "b\n").unwrap();
         let (bdir, tree) = (d.path().join("b"), d.path().join("b/tree"));
         fs::create_dir_all(&bdir).unwrap();
-        let argv = super::super::config::copy_argv(&src, &tree, true);
+        let owned = d.path().join("src");
+        let link = super::super::config::may_link(&src, &owned, &bdir);
+        let argv = super::super::config::copy_argv(&src, &tree, link);
         assert_eq!(argv[..2], ["cp", "-al"]);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         super::super::exec::run_checked(&bdir, &argv).unwrap();
@@ -527,8 +529,11 @@ rename to new2.c
             ino(&src.join("drivers/b.c")),
             ino(&tree.join("drivers/b.c"))
         );
-        // A user's tree is copied, never linked.
-        let argv = super::super::config::copy_argv(&src, &tree, false);
+        // A user's tree (outside the cache's own sources) is copied, never linked.
+        let user = d.path().join("linux");
+        fs::create_dir_all(&user).unwrap();
+        let link = super::super::config::may_link(&user, &owned, &bdir);
+        let argv = super::super::config::copy_argv(&user, &tree, link);
         assert_eq!(argv[..2], ["rsync", "-a"]);
     }
 }
